@@ -1,0 +1,5 @@
+"""``python -m mechprobe``: the same as the ``mechprobe`` command."""
+
+from mechprobe.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,182 @@
+"""Collect activations at chosen hook points and positions, batch by batch.
+
+Only the hooks asked for are recorded and only the positions asked for are kept, so memory is
+proportional to what is kept, not to layers x sequence length. The forward pass stops after the
+last layer that any requested hook lives in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mechprobe.errors import MechprobeError
+from mechprobe.hooks import check_hook_names, hook_name, stop_layer
+from mechprobe.models.registry import model_shape
+from mechprobe.units import heads_to_units
+
+Positions = int | Int[Tensor, " batch"] | Sequence[int] | None
+
+
+def _row_positions(positions: Positions, n_rows: int, n_pos: int) -> Tensor | None:
+    if positions is None:
+        return None
+    if isinstance(positions, int):
+        pos = torch.full((n_rows,), positions, dtype=torch.long)
+    else:
+        pos = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
+    if pos.numel() != n_rows:
+        raise MechprobeError(f"positions has {pos.numel()} entries for {n_rows} rows of tokens")
+    pos = torch.where(pos < 0, pos + n_pos, pos)
+    if pos.numel() and (pos.min() < 0 or pos.max() >= n_pos):
+        raise MechprobeError(f"positions must lie in 0..{n_pos - 1}")
+    return pos
+
+
+def collect(
+    model: Any,
+    tokens: Int[Tensor, "batch pos"],
+    names: Sequence[str],
+    *,
+    positions: Positions = None,
+    batch_size: int = 32,
+    transform: Callable[[str, Tensor], Tensor] | None = None,
+    progress: bool | None = None,
+    desc: str = "forward",
+) -> dict[str, Tensor]:
+    """Run ``tokens`` through ``model`` in batches and keep only the requested activations.
+
+    Args:
+        model: A TransformerLens bridge.
+        tokens: Token ids, ``[batch, pos]``; no BOS is added.
+        names: Hook names to record (validated: an unknown name is an error).
+        positions: ``None`` keeps every position (``[batch, pos, ...]``); an int or one index
+            per row keeps one position per row (``[batch, ...]``).
+        batch_size: Rows per forward pass.
+        transform: Optional ``(name, activation_at_kept_positions) -> tensor`` applied in the
+            hook before storing (e.g. flatten heads into units).
+        progress: Show a progress bar; default: when there is more than one batch.
+        desc: Progress bar label.
+
+    Returns:
+        ``{name: tensor}`` on the CPU, rows in the order of ``tokens``.
+
+    Example:
+        >>> acts = collect(model, tokens, ["blocks.0.attn.hook_q"], positions=3)
+        >>> acts["blocks.0.attn.hook_q"].shape  # [batch, head, d_head]
+        torch.Size([8, 4, 16])
+    """
+    names = check_hook_names(model, names)
+    if tokens.ndim != 2:
+        raise MechprobeError(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}")
+    if batch_size < 1:
+        raise MechprobeError(f"batch size must be at least 1, got {batch_size}")
+    n_rows, n_pos = tokens.shape
+    pos_all = _row_positions(positions, n_rows, n_pos)
+    stop = stop_layer(names, model_shape(model).n_layers)
+    device = next(model.parameters()).device
+    out: dict[str, Tensor] = {}
+    batch_slice = slice(0, 0)
+    batch_pos: Tensor | None = None
+
+    def make_hook(name: str) -> Callable[[Tensor, Any], Tensor]:
+        def hook(act: Tensor, hook: Any) -> Tensor:
+            kept = act if batch_pos is None else act[torch.arange(act.shape[0]), batch_pos]
+            kept = kept.detach()
+            if transform is not None:
+                kept = transform(name, kept)
+            if name not in out:
+                out[name] = torch.empty((n_rows, *kept.shape[1:]), dtype=kept.dtype)
+            out[name][batch_slice] = kept.to("cpu")
+            return act
+
+        return hook
+
+    fwd_hooks = [(name, make_hook(name)) for name in names]
+    starts = range(0, n_rows, batch_size)
+    show = progress if progress is not None else len(starts) > 1
+    with torch.inference_mode():
+        for start in tqdm(starts, desc=desc, disable=not show, unit="batch"):
+            batch_slice = slice(start, min(start + batch_size, n_rows))
+            if pos_all is not None:
+                batch_pos = pos_all[batch_slice].to(device)
+            batch = tokens[batch_slice].to(device)
+            model.run_with_hooks(batch, fwd_hooks=fwd_hooks, return_type=None, stop_at_layer=stop)
+    return out
+
+
+def unit_hook_names(layers: Sequence[int], component: str) -> list[str]:
+    """Hook names behind a unit family: ``qkv`` (hook_q, hook_k, hook_v) or ``mlp`` (hook_pre).
+
+    Example:
+        >>> unit_hook_names([0], "qkv")
+        ['blocks.0.attn.hook_q', 'blocks.0.attn.hook_k', 'blocks.0.attn.hook_v']
+    """
+    if component == "qkv":
+        return [hook_name(L, f"attn.hook_{c}") for L in layers for c in "qkv"]
+    if component == "mlp":
+        return [hook_name(L, "mlp.hook_pre") for L in layers]
+    raise MechprobeError(f"unknown component {component!r} (choose qkv or mlp)")
+
+
+def collect_units(
+    model: Any,
+    tokens: Int[Tensor, "batch pos"],
+    positions: Positions,
+    layers: Sequence[int],
+    components: Sequence[str] = ("qkv", "mlp"),
+    *,
+    batch_size: int = 32,
+    progress: bool | None = None,
+    desc: str = "forward",
+) -> dict[str, Float[Tensor, "batch layer units"]]:
+    """Collect flat unit activations at one position per row for several layers.
+
+    ``qkv`` units are Q|K|V from ``hook_q/k/v`` flattened head-major (GPT-2: the columns of
+    ``attn.c_attn``); ``mlp`` units are ``mlp.hook_pre`` (GPT-2: ``c_fc`` output before GELU;
+    gated MLPs: the gate projection).
+
+    Args:
+        model: A TransformerLens bridge.
+        tokens: ``[batch, pos]`` token ids.
+        positions: One position per row (int or per-row indices).
+        layers: Layer indices, in the order of the output's ``layer`` axis.
+        components: Any of ``"qkv"``, ``"mlp"``.
+        batch_size: Rows per forward pass.
+        progress: Show a progress bar (default: more than one batch).
+        desc: Progress bar label.
+
+    Returns:
+        ``{component: [batch, layer, units]}`` float32 tensors on the CPU.
+
+    Example:
+        >>> units = collect_units(model, tokens, positions=5, layers=[0, 1])
+        >>> units["qkv"].shape, units["mlp"].shape
+        (torch.Size([8, 2, 192]), torch.Size([8, 2, 256]))
+    """
+    if positions is None:
+        raise MechprobeError("collect_units keeps one position per row; give positions")
+    names = [n for c in components for n in unit_hook_names(layers, c)]
+    flat = collect(
+        model,
+        tokens,
+        names,
+        positions=positions,
+        batch_size=batch_size,
+        transform=lambda name, t: heads_to_units(t) if t.ndim == 3 else t,
+        progress=progress,
+        desc=desc,
+    )
+    result = {}
+    for c in components:
+        per_layer = []
+        for L in layers:
+            hooks = unit_hook_names([L], c)
+            per_layer.append(torch.cat([flat.pop(h) for h in hooks], dim=-1))
+        result[c] = torch.stack(per_layer, dim=1)
+    return result

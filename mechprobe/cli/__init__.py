@@ -1,0 +1,1 @@
+"""The ``mechprobe`` command: a thin shell over the experiment functions."""

@@ -1,0 +1,1 @@
+"""Experiments: plain functions from a config dataclass to a result (arrays + summary)."""

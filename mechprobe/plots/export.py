@@ -1,0 +1,92 @@
+"""Write plotly figures: interactive HTML always, static PNG when a headless browser is available.
+
+PNG export goes through kaleido, which drives Chromium; all PNGs of one call are rendered in one
+batch (starting the browser costs a few seconds, each further figure a fraction of a second).
+Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+from mechprobe.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def png_available() -> bool:
+    """Whether a Chromium/Chrome for kaleido can be found (``MECHPROBE_NO_PNG=1`` disables PNG).
+
+    Example:
+        >>> isinstance(png_available(), bool)
+        True
+    """
+    if os.environ.get("MECHPROBE_NO_PNG") == "1":
+        return False
+    if os.environ.get("BROWSER_PATH"):
+        return True
+    names = ("chromium", "chromium-browser", "google-chrome", "chrome")
+    return any(shutil.which(n) for n in names)
+
+
+def save_figures(
+    figures: Mapping[str, object], directory: str | os.PathLike[str], *, png: bool | None = None
+) -> list[Path]:
+    """Write each figure as ``<name>.html`` (plus ``<name>.png`` when possible) in ``directory``.
+
+    HTML files share one ``plotly.min.js`` written beside them, so they open offline.
+
+    Args:
+        figures: ``{name: plotly Figure}``.
+        directory: Destination directory (created).
+        png: Force PNG on/off; default: when a browser is available.
+
+    Returns:
+        The paths written.
+
+    Example:
+        >>> save_figures({"curve": go.Figure(go.Scatter(y=[1, 2]))}, "out/figures")
+        [PosixPath('out/figures/curve.html'), PosixPath('out/figures/curve.png')]
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for i, (name, fig) in enumerate(figures.items()):
+        with atomic_path(out / f"{name}.html") as tmp:
+            # The first file carries the bundle path; all share plotly.min.js in `out`.
+            fig.write_html(str(tmp), include_plotlyjs="directory", full_html=True)
+        written.append(out / f"{name}.html")
+        if i == 0 and not (out / "plotly.min.js").exists():
+            from plotly.offline import get_plotlyjs
+
+            with atomic_path(out / "plotly.min.js") as tmp:
+                tmp.write_text(get_plotlyjs(), encoding="utf-8")
+    if png if png is not None else png_available():
+        written += _write_pngs(figures, out)
+    return written
+
+
+def _write_pngs(figures: Mapping[str, object], out: Path) -> list[Path]:
+    import plotly.io as pio
+
+    names = list(figures)
+    tmps = [out / f".{n}.png.tmp.png" for n in names]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pio.write_images(list(figures.values()), [str(t) for t in tmps])
+    except Exception as exc:  # a missing or broken browser must not lose the results
+        log.warning("PNG export skipped (%s: %s)", type(exc).__name__, str(exc)[:200])
+        for t in tmps:
+            t.unlink(missing_ok=True)
+        return []
+    paths = []
+    for n, t in zip(names, tmps, strict=True):
+        os.replace(t, out / f"{n}.png")
+        paths.append(out / f"{n}.png")
+    return paths

@@ -1,0 +1,54 @@
+"""Test helpers shared by every test module: tolerances, paths, CLI runner."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mechprobe.cli.main import main
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_TEXT = Path(
+    os.environ.get("MECHPROBE_SHARED_TEXT", REPO.parent / "shared" / "data" / "pg32154.txt")
+)
+
+
+def to_numpy(x: object) -> np.ndarray:
+    """Any tensor/array-like as a float64 numpy array."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def assert_close(
+    actual: object, expected: object, *, atol: float, rtol: float = 0.0, msg: str = ""
+) -> None:
+    """Assert two arrays/tensors agree within explicit tolerances (shapes must match)."""
+    a, e = to_numpy(actual), to_numpy(expected)
+    assert a.shape == e.shape, f"{msg} shape {a.shape} != {e.shape}"
+    np.testing.assert_allclose(a, e, atol=atol, rtol=rtol, err_msg=msg)
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """Run the mechprobe CLI in-process; return (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(argv))
+        except SystemExit as exc:  # argparse errors
+            code = int(exc.code or 0)
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    """A user error: exit 2, exactly one line 'mechprobe: error: ...' containing the fragments."""
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 2, (code, err)
+    assert len(lines) == 1 and lines[0].startswith("mechprobe: error: "), err
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
