@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mechprobe.io import write_json
@@ -76,9 +77,33 @@ class CrosscheckResult:
         )
         return "\n".join(lines)
 
-    def save(self, out_dir: str | Path) -> Path:
-        """Write ``OUT/crosscheck/crosscheck.json`` atomically and return its path."""
-        return write_json(Path(out_dir) / "crosscheck" / "crosscheck.json", self.summary)
+    def figures(self) -> dict[str, Any]:
+        """The parity heatmap (per check and layer), built from the rows."""
+        from mechprobe.plots.crosscheck import parity_heatmap
+
+        checks = [c for c in dict.fromkeys(r[0] for r in self.rows)]
+        layers = sorted({r[1] for r in self.rows if r[1] >= 0})
+        z = np.full((len(checks), len(layers)), np.nan)
+        for check, layer, diff in self.rows:
+            if layer >= 0:
+                z[checks.index(check), layers.index(layer)] = np.log10(max(diff, 1e-12))
+        per_layer = [c for c in checks if not np.isnan(z[checks.index(c)]).all()]
+        z = z[[checks.index(c) for c in per_layer]]
+        return {"parity": parity_heatmap(per_layer, layers, z, self.tolerance)}
+
+    def save(self, out_dir: str | Path, *, png: bool | None = None) -> Path:
+        """Write ``crosscheck.json`` (every row), the figure and ``summary.json`` (maxima).
+
+        Returns:
+            The path of ``OUT/crosscheck/crosscheck.json``.
+        """
+        from mechprobe.plots.export import save_figures
+
+        dest = Path(out_dir) / "crosscheck"
+        path = write_json(dest / "crosscheck.json", self.summary)
+        save_figures(self.figures(), dest / "figures", png=png)
+        write_json(dest / "summary.json", {k: v for k, v in self.summary.items() if k != "rows"})
+        return path
 
 
 def _maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:

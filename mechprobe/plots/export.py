@@ -37,9 +37,10 @@ def png_available() -> bool:
 def save_figures(
     figures: Mapping[str, object], directory: str | os.PathLike[str], *, png: bool | None = None
 ) -> list[Path]:
-    """Write each figure as ``<name>.html`` (plus ``<name>.png`` when possible) in ``directory``.
+    """Write each figure as ``<name>.html`` and ``<name>.json`` (+ ``.png``) in ``directory``.
 
-    HTML files share one ``plotly.min.js`` written beside them, so they open offline.
+    HTML files share one ``plotly.min.js`` written beside them, so they open offline; the JSON
+    spec lets ``mechprobe all`` embed the figure in its self-contained report.
 
     Args:
         figures: ``{name: plotly Figure}``.
@@ -61,6 +62,9 @@ def save_figures(
             # The first file carries the bundle path; all share plotly.min.js in `out`.
             fig.write_html(str(tmp), include_plotlyjs="directory", full_html=True)
         written.append(out / f"{name}.html")
+        with atomic_path(out / f"{name}.json") as tmp:  # the spec, for the one-page report
+            tmp.write_text(fig.to_json(), encoding="utf-8")
+        written.append(out / f"{name}.json")
         if i == 0 and not (out / "plotly.min.js").exists():
             from plotly.offline import get_plotlyjs
 
