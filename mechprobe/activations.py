@@ -23,6 +23,10 @@ from mechprobe.units import heads_to_units
 Positions = int | Int[Tensor, " batch"] | Sequence[int] | None
 
 
+class _StopForward(Exception):
+    """Raised by the last requested hook to end a forward pass early."""
+
+
 def _row_positions(positions: Positions, n_rows: int, n_pos: int) -> Tensor | None:
     if positions is None:
         return None
@@ -79,6 +83,10 @@ def collect(
     n_rows, n_pos = tokens.shape
     pos_all = _row_positions(positions, n_rows, n_pos)
     stop = stop_layer(names, model_shape(model).n_layers)
+    # When every hook sits in a block, the pass also ends once the last of them has fired, so the
+    # final norm and the unembedding (large for big vocabularies) are never computed.
+    abort_after = len(set(names)) if all(n.startswith("blocks.") for n in names) else None
+    fired: set[str] = set()
     device = next(model.parameters()).device
     out: dict[str, Tensor] = {}
     batch_slice = slice(0, 0)
@@ -93,6 +101,9 @@ def collect(
             if name not in out:
                 out[name] = torch.empty((n_rows, *kept.shape[1:]), dtype=kept.dtype)
             out[name][batch_slice] = kept.to("cpu")
+            fired.add(name)
+            if abort_after is not None and len(fired) == abort_after:
+                raise _StopForward
             return act
 
         return hook
@@ -106,7 +117,13 @@ def collect(
             if pos_all is not None:
                 batch_pos = pos_all[batch_slice].to(device)
             batch = tokens[batch_slice].to(device)
-            model.run_with_hooks(batch, fwd_hooks=fwd_hooks, return_type=None, stop_at_layer=stop)
+            fired.clear()
+            try:
+                model.run_with_hooks(
+                    batch, fwd_hooks=fwd_hooks, return_type=None, stop_at_layer=stop
+                )
+            except _StopForward:
+                pass
     return out
 
 

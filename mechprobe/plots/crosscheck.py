@@ -31,7 +31,7 @@ def parity_heatmap(
             y=list(checks),
             colorscale="Viridis",
             colorbar={"title": "log10 max|diff|"},
-            zmax=float(np.log10(tolerance)),
+            zmax=float(np.log10(tolerance)) if tolerance > 0 else None,
         )
     )
     fig.update_layout(

@@ -83,7 +83,13 @@ def _write_pngs(figures: Mapping[str, object], out: Path) -> list[Path]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pio.write_images(list(figures.values()), [str(t) for t in tmps])
+            figs = list(figures.values())
+            pio.write_images(
+                figs,
+                [str(t) for t in tmps],
+                width=[f.layout.width or 1000 for f in figs],
+                height=[f.layout.height or 600 for f in figs],
+            )
     except Exception as exc:  # a missing or broken browser must not lose the results
         log.warning("PNG export skipped (%s: %s)", type(exc).__name__, str(exc)[:200])
         for t in tmps:

@@ -21,6 +21,10 @@ Example:
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,12 +41,15 @@ UnitFloats = Float[np.ndarray, " units"]
 UnitBools = Bool[np.ndarray, " units"]
 UnitInts = Int[np.ndarray, " units"]
 
-#: Target size in bytes of one float64 chunk of activations on CPU. The working set of a
-#: chunk is about six times this (activations, their squares, probabilities, weights), so
-#: the default keeps it within a typical L2/L3 cache.
-CPU_CHUNK_BYTES = 1 << 20
+#: Target size in bytes of one float64 chunk of activations on CPU. The per-unit Newton
+#: bookkeeping runs once per chunk and iteration; the chunk's working set (activations,
+#: standardised activations and their squares) is about four times this, within L3.
+CPU_CHUNK_BYTES = 1 << 21
+#: On CPU, probabilities and weights are computed in blocks of rows of about this many
+#: bytes per row-array, so that they stay in the L2 cache between operations.
+BLOCK_BYTES = 1 << 19
 #: Target size in bytes of one float64 chunk on an accelerator (bigger is better there).
-GPU_CHUNK_BYTES = 1 << 28
+GPU_CHUNK_BYTES = 1 << 26
 #: Maximum number of step-halvings per unit (a safeguard; plain Newton rarely needs one).
 MAX_HALVINGS = 30
 
@@ -116,13 +123,17 @@ def fit_logistic(
         x: Activations, shape ``[samples, units]``; numpy array or torch tensor of any
             float dtype (converted to float64 one chunk at a time). Must be finite.
         y: Binary labels (0/1, bool, int or float), shape ``[samples]``.
-        chunk_size: Number of units per chunk. Default: about 1 MiB of float64
-            activations per chunk on CPU (``2**20 / (8 * samples)`` units), 256 MiB on
+        chunk_size: Number of units per chunk. Default: about 2 MiB of float64
+            activations per chunk on CPU (``2**21 / (8 * samples)`` units), 64 MiB on
             an accelerator.
-        max_iter: Maximum number of Newton steps per unit.
+        max_iter: Maximum number of Newton iterations per unit (see ``n_iter``).
         tol: Convergence tolerance on the change of the standardised parameters.
         device: Torch device to compute on. Default: the device of ``x`` if it is a
-            tensor, else CPU.
+            tensor, else CPU. On CPU, chunks are fitted by ``torch.get_num_threads()``
+            worker threads, each running single-threaded torch operations (torch's
+            thread setting is set to 1 for the duration of the call and then restored):
+            per-operation intra-op parallelism gains little on chunk-sized operations
+            and stalls badly when the machine is busy.
 
     Returns:
         A :class:`LogisticFit` of 1-D numpy arrays with one entry per unit.
@@ -140,10 +151,7 @@ def fit_logistic(
         (True, False)
     """
     xt = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-    if device is None:
-        dev = xt.device
-    else:
-        dev = torch.device(device)
+    dev = xt.device if device is None else torch.device(device)
     if xt.ndim != 2:
         raise ValueError(f"x must have shape [samples, units], got {tuple(xt.shape)}")
     if not (xt.is_floating_point() or xt.dtype in (torch.int32, torch.int64, torch.bool)):
@@ -176,14 +184,35 @@ def fit_logistic(
         "separated": np.zeros(m, dtype=bool),
         "n_iter": np.zeros(m, dtype=np.int64),
     }
-    labels = _Labels(yt)
-    with torch.no_grad():
-        for start in range(0, m, chunk_size):
-            stop = min(start + chunk_size, m)
-            xc = xt[:, start:stop].detach().to(device=dev, dtype=torch.float64).T.contiguous()
-            res = _fit_chunk(xc, labels, max_iter=max_iter, tol=tol)
-            for key, val in res.items():
-                out[key][start:stop] = val.cpu().numpy()
+    # Put the positive samples first (the fit does not depend on the order of samples):
+    # class-wise reductions and accuracies then work on views instead of masked copies.
+    order = torch.argsort(yt, descending=True, stable=True).to(xt.device)
+    starts = iter(range(0, m, chunk_size))
+    lock = threading.Lock()
+
+    def next_chunk() -> tuple[int, int] | None:
+        with lock:
+            start = next(starts, None)
+        return None if start is None else (start, min(start + chunk_size, m))
+
+    def work() -> None:
+        with torch.no_grad():
+            _Worker(xt, order, _Labels(yt), out, chunk_size, max_iter, tol, dev).run(next_chunk)
+
+    if dev.type != "cpu":
+        work()
+    else:
+        # On CPU, chunks are spread over as many worker threads as torch may use, and
+        # each runs single-threaded torch operations: coarse-grained parallelism, free
+        # of the per-operation synchronisation that stalls on a busy machine.
+        workers = max(1, min(torch.get_num_threads(), -(-m // chunk_size)))
+        with _torch_threads(1):
+            if workers == 1:
+                work()
+            else:
+                with ThreadPoolExecutor(workers) as ex:
+                    for fut in [ex.submit(work) for _ in range(workers)]:
+                        fut.result()
 
     z = out.pop("z")
     with np.errstate(invalid="ignore"):
@@ -191,221 +220,295 @@ def fit_logistic(
     return LogisticFit(pvalue=pvalue, **out)
 
 
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Temporarily set torch's intra-op thread count."""
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 class _Labels:
-    """Label-derived quantities shared by all chunks."""
+    """Label-derived quantities (samples sorted positives first)."""
 
     def __init__(self, y: Float[torch.Tensor, " samples"]) -> None:
-        self.y = y
-        self.pos = y > 0.5
         self.n = int(y.shape[0])
-        self.n1 = int(self.pos.sum())
+        self.n1 = int((y > 0.5).sum())
         self.ybar = self.n1 / self.n
         self.single_class = self.n1 in (0, self.n)
         # intercept-only (majority class) model
-        self.logit_ybar = (
-            math.log(self.ybar / (1 - self.ybar))
-            if not self.single_class
-            else (math.inf if self.n1 else -math.inf)
-        )
+        if self.single_class:
+            self.logit_ybar = math.inf if self.n1 else -math.inf
+        else:
+            self.logit_ybar = math.log(self.ybar / (1.0 - self.ybar))
         self.majority_acc = self.ybar if self.ybar > 0.5 else 1.0 - self.ybar
 
 
-def _fit_chunk(
-    xc: Float[torch.Tensor, "units samples"], lab: _Labels, *, max_iter: int, tol: float
-) -> dict[str, torch.Tensor]:
-    """Fit all units of one chunk (``xc`` is float64, units-major and contiguous)."""
-    if not bool(torch.isfinite(xc).all()):
-        raise ValueError("x contains NaN or infinite values")
-    c, n = xc.shape
-    f64 = dict(dtype=torch.float64, device=xc.device)
-    nan = torch.full((c,), math.nan, **f64)
-    beta, intercept, se, z = nan.clone(), nan.clone(), nan.clone(), nan.clone()
-    accuracy = nan.clone()
-    converged = torch.zeros(c, dtype=torch.bool, device=xc.device)
-    n_iter = torch.zeros(c, dtype=torch.int64, device=xc.device)
+#: Per-unit Newton state kept in numpy (one entry per row of the pool): unit index, sum of
+#: y * xs, mean and sd of the unit's activation, current point (a, b), last accepted point
+#: (a0, b0), last step (da, db), directional derivative phi0 of the log-likelihood along
+#: it, number of halvings and of iterations.
+_STATE = ("ids", "syx", "mu", "sd", "a", "b", "a0", "b0", "da", "db", "phi0", "halv", "nit")
 
-    xmin, xmax = xc.amin(1), xc.amax(1)
-    constant = xmax == xmin
 
-    # --- exact (quasi-)separation check: min/max of x within each class ----------------
-    if lab.single_class:
-        separated = torch.ones(c, dtype=torch.bool, device=xc.device)
-        accuracy[:] = 1.0
-    else:
-        x1, x0 = xc[:, lab.pos], xc[:, ~lab.pos]
-        min1, max1, min0, max0 = x1.amin(1), x1.amax(1), x0.amin(1), x0.amax(1)
-        sep_pos = (max0 <= min1) & ~constant  # slope -> +inf
-        sep_neg = (max1 <= min0) & ~constant  # slope -> -inf
-        separated = sep_pos | sep_neg
-        if bool(separated.any()):
+class _Worker:
+    """Fits chunks of units with a vectorised Newton-Raphson.
+
+    Units being iterated live in a pool of rows ``(1, xs, xs^2)`` (``xs``: the unit's
+    standardised activations). New chunks are loaded whenever fewer than ``chunk_size``
+    units are still iterating, so that the slow units of one chunk are iterated together
+    with the next chunk instead of on their own. The heavy per-sample work runs in torch
+    on ``dev``; the per-unit bookkeeping (closed-form 2x2 solves, step-halving,
+    convergence) runs in numpy, where the per-operation overhead on tiny arrays is lower.
+    """
+
+    def __init__(
+        self,
+        xt: torch.Tensor,
+        order: torch.Tensor,
+        lab: _Labels,
+        out: dict[str, np.ndarray],
+        chunk_size: int,
+        max_iter: int,
+        tol: float,
+        dev: torch.device,
+    ) -> None:
+        self.xt, self.order, self.lab, self.out = xt, order, lab, out
+        self.chunk_size, self.max_iter, self.tol, self.dev = chunk_size, max_iter, tol, dev
+        n, cap = lab.n, 2 * chunk_size
+        f64 = dict(dtype=torch.float64, device=dev)
+        self.xc = torch.empty(chunk_size, n, **f64)  # a chunk in float64, positives first
+        self.pools = (torch.empty(cap, 3, n, **f64), torch.empty(cap, 3, n, **f64))
+        for pool in self.pools:
+            pool[:, 0] = 1.0
+        self.cur = 0  # which of the two pool buffers is in use (the other: for compaction)
+        self.rows = 0
+        block = BLOCK_BYTES // (8 * n) if dev.type == "cpu" else cap
+        self.block = max(1, min(cap, block))
+        self.pw = torch.empty(self.block, 2, n, **f64)  # probabilities and IRLS weights
+        self.sums = torch.empty(cap, 2, 3, **f64)
+        self.st = {k: np.empty(0) for k in _STATE}
+        self.active = np.zeros(0, dtype=bool)
+
+    # ------------------------------------------------------------------------------------
+    def run(self, next_chunk: Callable[[], tuple[int, int] | None]) -> None:
+        """Fit chunks from ``next_chunk`` until there are none left."""
+        exhausted = False
+        while True:
+            while not exhausted and self.active.sum() < self.chunk_size:
+                rng = next_chunk()
+                if rng is None:
+                    exhausted = True
+                else:
+                    self._compact()
+                    self._load(*rng)
+            n_active = int(self.active.sum())
+            if n_active == 0:
+                if exhausted:
+                    return
+                continue
+            if n_active <= 0.75 * self.rows:
+                self._compact()
+            self._iterate()
+
+    # ------------------------------------------------------------------------------------
+    def _load(self, start: int, stop: int) -> None:
+        """Separation/constant checks for a chunk; its other units join the pool."""
+        lab, out, dev = self.lab, self.out, self.dev
+        n, n1 = lab.n, lab.n1
+        c = stop - start
+        xc = self.xc[:c]
+        xc.copy_(self.xt[:, start:stop].detach().index_select(0, self.order).T)
+
+        # exact (quasi-)separation check: min/max of x within each class
+        if lab.single_class:
+            xmin, xmax = xc.amin(1), xc.amax(1)
+            constant = xmax == xmin
+            separated = torch.ones(c, dtype=torch.bool, device=dev)
+        else:
+            min1, max1 = xc[:, :n1].amin(1), xc[:, :n1].amax(1)
+            min0, max0 = xc[:, n1:].amin(1), xc[:, n1:].amax(1)
+            xmin, xmax = torch.minimum(min1, min0), torch.maximum(max1, max0)
+            constant = xmax == xmin
+            sep_pos = (max0 <= min1) & ~constant  # slope -> +inf
+            sep_neg = (max1 <= min0) & ~constant  # slope -> -inf
+            separated = sep_pos | sep_neg
+        if not bool((torch.isfinite(xmin) & torch.isfinite(xmax)).all()):
+            raise ValueError("x contains NaN or infinite values")
+
+        sl = slice(start, stop)
+        const_np = constant.cpu().numpy()
+        sep_np = separated.cpu().numpy()
+        out["separated"][sl] = sep_np
+        out["accuracy"][sl][const_np] = 1.0 if lab.single_class else lab.majority_acc
+        out["intercept"][sl][const_np] = lab.logit_ybar
+        if lab.single_class:
+            out["accuracy"][sl] = 1.0
+        elif sep_np.any():
             # Limit of the diverging fit: points strictly on either side of the boundary
             # are classified correctly; points tied at the boundary get p_hat equal to
             # their share of positives.
             sidx = separated.nonzero().squeeze(1)
             bound = torch.where(sep_pos[sidx], max0[sidx], max1[sidx])
             tied = xc[sidx] == bound[:, None]
-            n1t = (tied & lab.pos).sum(1)
-            n0t = (tied & ~lab.pos).sum(1)
-            errors = torch.where(n1t > n0t, n0t, n1t)
-            accuracy[sidx] = 1.0 - errors.to(torch.float64) / n
-            beta[sidx] = torch.where(sep_pos[sidx], math.inf, -math.inf).to(torch.float64)
+            n1t, n0t = tied[:, :n1].sum(1), tied[:, n1:].sum(1)
+            errors = torch.where(n1t > n0t, n0t, n1t).cpu().numpy()
+            pos = sep_pos[sidx].cpu().numpy()
+            out["accuracy"][sl][sep_np] = 1.0 - errors / n
+            out["beta"][sl][sep_np] = np.where(pos, np.inf, -np.inf)
 
-    accuracy[constant] = 1.0 if lab.single_class else lab.majority_acc
-    intercept[constant] = lab.logit_ybar
+        # the other units: standardise into the pool, x = mean + sd * xs (an exact
+        # reparametrisation, better conditioned; the convergence criterion uses its scale)
+        fit_np = ~(const_np | sep_np)
+        k = int(fit_np.sum())
+        if k == 0:
+            return
+        src = xc if k == c else xc[torch.from_numpy(fit_np).to(dev)]
+        dst = self.pools[self.cur][self.rows : self.rows + k]
+        xs, xs2 = dst[:, 1], dst[:, 2]
+        mean = src.mean(1)
+        torch.sub(src, mean[:, None], out=xs)
+        torch.mul(xs, xs, out=xs2)
+        sd = xs2.mean(1).sqrt_()
+        usable = (sd > 0) & torch.isfinite(sd)  # else: left as failed (NaN results)
+        sd = torch.where(usable, sd, 1.0)
+        xs.div_(sd[:, None])
+        torch.mul(xs, xs, out=xs2)
+        syx = xs[:, :n1].sum(1).cpu().numpy()
+        ok = usable.cpu().numpy()
+        syx = np.where(ok, syx, 0.0)
 
-    # --- Newton-Raphson on the remaining units -------------------------------------------
-    fit = ~(constant | separated)
-    if bool(fit.any()):
-        idx = fit.nonzero().squeeze(1)
-        res = _newton(xc[idx], lab, max_iter=max_iter, tol=tol)
-        beta[idx], intercept[idx], se[idx], z[idx] = (
-            res["beta"],
-            res["intercept"],
-            res["se"],
-            (res["z"]),
-        )
-        accuracy[idx] = res["accuracy"]
-        converged[idx] = res["converged"]
-        n_iter[idx] = res["n_iter"]
+        # Free first step from the intercept-only MLE (a0, 0): there p_i = ybar, so the
+        # gradient is (0, sum y xs) and the information is about ybar (1 - ybar) diag(n, n).
+        db = syx / (lab.ybar * (1.0 - lab.ybar) * n)
+        zeros = np.zeros(k)
+        new = {
+            "ids": start + np.flatnonzero(fit_np).astype(np.float64),
+            "syx": syx,
+            "mu": mean.cpu().numpy(),
+            "sd": sd.cpu().numpy(),
+            "a": np.full(k, lab.logit_ybar),
+            "b": db,
+            "a0": np.full(k, lab.logit_ybar),
+            "b0": zeros,
+            "da": zeros,
+            "db": db,
+            "phi0": syx * db,
+            "halv": zeros,
+            "nit": zeros,
+        }
+        for key, val in new.items():
+            self.st[key] = np.concatenate([self.st[key], val])
+        self.active = np.concatenate([self.active, ok])
+        self.rows += k
 
-    return {
-        "beta": beta,
-        "intercept": intercept,
-        "se": se,
-        "z": z,
-        "accuracy": accuracy,
-        "converged": converged,
-        "separated": separated,
-        "n_iter": n_iter,
-    }
+    def _compact(self) -> None:
+        """Drop the rows of finished units (copy the others into the spare buffer)."""
+        keep = np.flatnonzero(self.active)
+        if keep.size == self.rows:
+            return
+        src, dst = self.pools[self.cur], self.pools[1 - self.cur]
+        if keep.size:
+            idx = torch.from_numpy(keep).to(self.dev)
+            torch.index_select(src[: self.rows], 0, idx, out=dst[: keep.size])
+        self.cur, self.rows = 1 - self.cur, int(keep.size)
+        self.st = {k: v[keep] for k, v in self.st.items()}
+        self.active = self.active[keep]
 
+    def _iterate(self) -> None:
+        """One Newton iteration for all rows of the pool."""
+        st, rows, dev, tol = self.st, self.rows, self.dev, self.tol
+        work = self.pools[self.cur][:rows]
+        active = self.active
 
-def _newton(
-    xc: Float[torch.Tensor, "units samples"], lab: _Labels, *, max_iter: int, tol: float
-) -> dict[str, torch.Tensor]:
-    """Vectorised Newton-Raphson for non-constant, non-separated units."""
-    k, n = xc.shape
-    dev = xc.device
-    f64 = dict(dtype=torch.float64, device=dev)
-    y = lab.y
+        # ---- gradient and information at (a, b): torch, on the device ----
+        # (in blocks of rows small enough for p and w to stay in L2 between operations)
+        a_t = torch.from_numpy(st["a"]).to(dev)[:, None]
+        b_t = torch.from_numpy(st["b"]).to(dev)[:, None]
+        sums_t = self.sums[:rows]
+        for lo in range(0, rows, self.block):
+            hi = min(lo + self.block, rows)
+            pw = self.pw[: hi - lo]
+            p, w = pw[:, 0], pw[:, 1]
+            torch.addcmul(a_t[lo:hi], work[lo:hi, 1], b_t[lo:hi], out=p)
+            p.sigmoid_()
+            torch.addcmul(p, p, p, value=-1.0, out=w)  # w = p (1 - p)
+            torch.bmm(pw, work[lo:hi].transpose(1, 2), out=sums_t[lo:hi])  # (p,w).(1,xs,xs^2)
+        sums = sums_t.cpu().numpy()
 
-    # Standardise: x = mean + sd * xs. The fit on xs is an exact reparametrisation,
-    # better conditioned, and gives a meaningful scale for the convergence criterion.
-    mean = xc.mean(1)
-    # basis[:, 0] = 1, basis[:, 1] = xs, basis[:, 2] = xs**2 (row-contiguous)
-    basis = torch.empty(k, 3, n, **f64)
-    xs = basis[:, 1]
-    torch.sub(xc, mean[:, None], out=xs)
-    sd = xs.square().mean(1).sqrt_()
-    xs.div_(sd[:, None])
-    basis[:, 0] = 1.0
-    torch.mul(xs, xs, out=basis[:, 2])
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            a, b, a0, b0, da, db = (st[k] for k in ("a", "b", "a0", "b0", "da", "db"))
+            g0 = self.lab.n1 - sums[:, 0, 0]  # sum (y - p)
+            g1 = st["syx"] - sums[:, 0, 1]  # sum (y - p) xs
+            h00, h01, h11 = sums[:, 1, 0], sums[:, 1, 1], sums[:, 1, 2]  # sum w (1, xs, xs^2)
 
-    syx = xs @ y  # sum_i y_i xs_i
-    sy = float(lab.n1)
+            # ---- safeguard: halve the previous step if it overshot the line maximum ----
+            # (for a quadratic log-likelihood, slope1 < -phi0 means the log-likelihood
+            # fell; steps below the tolerance are left alone, being at the noise level)
+            bad = active & (g0 * da + g1 * db < -st["phi0"]) & (st["halv"] < MAX_HALVINGS)
+            bad &= np.maximum(np.abs(da), np.abs(db)) > tol
 
-    # Free first step from the intercept-only MLE (a0, 0): there p_i = ybar, so the
-    # gradient is (0, syx) and the information ybar(1-ybar) * diag(n, sum xs^2).
-    w0 = lab.ybar * (1.0 - lab.ybar)
-    a = torch.full((k,), lab.logit_ybar, **f64)
-    sxx = basis[:, 2].sum(1)
-    b = syx / (w0 * sxx)
-    # state of the last accepted step, for step-halving
-    a_prev, b_prev = a.clone(), torch.zeros(k, **f64)
-    da, db = torch.zeros(k, **f64), b.clone()
-    phi0 = syx * b  # directional derivative of the log-likelihood along the step
-    halvings = torch.zeros(k, dtype=torch.int64, device=dev)
+            # ---- Newton step: closed-form inverse of the 2x2 information ----
+            det = h00 * h11 - h01 * h01
+            s0 = (h11 * g0 - h01 * g1) / det
+            s1 = (h00 * g1 - h01 * g0) / det
+            ok = (det > 0) & np.isfinite(s0) & np.isfinite(s1)
+            not_bad = active & ~bad
+            take = not_bad & ok
+            done = take & (np.maximum(np.abs(s0), np.abs(s1)) <= tol)
+            fail = not_bad & ~ok
 
-    n_iter = torch.zeros(k, dtype=torch.int64, device=dev)
-    converged = torch.zeros(k, dtype=torch.bool, device=dev)
-    failed = torch.zeros(k, dtype=torch.bool, device=dev)
-    h00 = torch.full((k,), math.nan, **f64)
-    h01, h11, acc = h00.clone(), h00.clone(), h00.clone()
+            if bad.any():
+                st["a"] = np.where(bad, a0 + 0.5 * da, a)
+                st["b"] = np.where(bad, b0 + 0.5 * db, b)
+                st["da"] = np.where(bad, 0.5 * da, da)
+                st["db"] = np.where(bad, 0.5 * db, db)
+                st["phi0"] = np.where(bad, 0.5 * st["phi0"], st["phi0"])
+                st["halv"] = st["halv"] + bad
+            st["a0"], st["b0"] = np.where(take, a, a0), np.where(take, b, b0)
+            st["a"] = np.where(take, a + s0, st["a"])
+            st["b"] = np.where(take, b + s1, st["b"])
+            st["da"], st["db"] = np.where(take, s0, st["da"]), np.where(take, s1, st["db"])
+            st["phi0"] = np.where(take, g0 * s0 + g1 * s1, st["phi0"])
+            st["nit"] = st["nit"] + (take | bad)
 
-    # `work` holds the rows still being computed; `units` maps its rows to unit indices
-    # and `active` marks rows still iterating. Finished rows are dropped lazily, once a
-    # quarter of them are done, to avoid copying the chunk at every iteration.
-    work, units = basis, torch.arange(k, device=dev)
-    active = torch.ones(k, dtype=torch.bool, device=dev)
-    pw_buf = torch.empty(k, 2, n, **f64)  # probabilities and IRLS weights
-    ypos = lab.pos
+        finish = done | fail | (active & (st["nit"] >= self.max_iter))
+        if finish.any():
+            self._finish(np.flatnonzero(finish), done, fail, sums[:, 1])
+            self.active = active & ~finish
 
-    while bool(active.any()):
-        if int(active.sum()) <= 0.75 * units.shape[0]:
-            work, units, active = work[active], units[active], active[active]
-        pw = pw_buf[: units.shape[0]]
-        p, w = pw[:, 0], pw[:, 1]
-        # ---- log-likelihood gradient and information at the current (a, b) ----
-        torch.addcmul(a[units, None], work[:, 1], b[units, None], out=p)
-        p.sigmoid_()
-        torch.addcmul(p, p, p, value=-1.0, out=w)  # w = p (1 - p)
-        sums = torch.bmm(pw, work.transpose(1, 2))  # [rows, 2, 3]: (p, w) . (1, xs, xs^2)
-        sw, swx, swxx = sums[:, 1, 0], sums[:, 1, 1], sums[:, 1, 2]
-        g0 = sy - sums[:, 0, 0]
-        g1 = syx[units] - sums[:, 0, 1]
+    def _finish(
+        self, idx: np.ndarray, done: np.ndarray, fail: np.ndarray, info: np.ndarray
+    ) -> None:
+        """Write the results of the units in pool rows ``idx``."""
+        st, lab, out = self.st, self.lab, self.out
+        n, n1 = lab.n, lab.n1
+        a = np.where(fail[idx], np.nan, st["a"][idx])
+        b = np.where(fail[idx], np.nan, st["b"][idx])
+        # in-sample accuracy at the final estimates: p_hat > 0.5  <=>  a + b xs > 0
+        rows = torch.from_numpy(idx).to(self.dev)
+        xs = self.pools[self.cur][:, 1].index_select(0, rows)
+        a_t, b_t = torch.from_numpy(a).to(self.dev), torch.from_numpy(b).to(self.dev)
+        eta = torch.addcmul(a_t[:, None], xs, b_t[:, None])
+        above = eta > 0
+        correct = above[:, :n1].sum(1) + (n - n1) - above[:, n1:].sum(1)
 
-        # ---- safeguard: halve the previous step if it overshot the line maximum ----
-        # (for a quadratic log-likelihood, slope1 < -phi0 means the log-likelihood fell)
-        slope1 = g0 * da[units] + g1 * db[units]
-        bad = active & (slope1 < -phi0[units]) & (halvings[units] < MAX_HALVINGS)
-
-        # ---- Newton step with the closed-form 2x2 inverse ----
-        det = sw * swxx - swx * swx
-        sa = (swxx * g0 - swx * g1) / det
-        sb = (sw * g1 - swx * g0) / det
-        ok = torch.isfinite(sa) & torch.isfinite(sb) & (det > 0)
-        take = active & ~bad & ok
-        done = take & (torch.maximum(sa.abs(), sb.abs()) <= tol)
-        fail = active & ~bad & ~ok
-
-        # information at the current point (used for the standard errors)
-        ua = units[active]
-        h00[ua], h01[ua], h11[ua] = sw[active], swx[active], swxx[active]
-
-        if bool(bad.any()):
-            u = units[bad]
-            da[u] *= 0.5
-            db[u] *= 0.5
-            phi0[u] *= 0.5
-            a[u] = a_prev[u] + da[u]
-            b[u] = b_prev[u] + db[u]
-            halvings[u] += 1
-            n_iter[u] += 1
-        if bool(take.any()):
-            u = units[take]
-            sa_, sb_ = sa[take], sb[take]
-            a_prev[u], b_prev[u] = a[u], b[u]
-            a[u] += sa_
-            b[u] += sb_
-            da[u], db[u] = sa_, sb_
-            phi0[u] = g0[take] * sa_ + g1[take] * sb_
-            n_iter[u] += 1
-        converged[units[done]] = True
-        failed[units[fail]] = True
-
-        finish = active & (done | fail | (n_iter[units] >= max_iter))
-        if bool(finish.any()):
-            # in-sample accuracy at the current point, for units that stop here
-            pf = p[finish]
-            correct = torch.where(ypos, pf > 0.5, pf <= 0.5)
-            acc[units[finish]] = correct.sum(1).to(torch.float64) / n
-        active = active & ~finish
-
-    det = h00 * h11 - h01 * h01
-    se_s = torch.sqrt(h00 / det)  # inverse information, slope entry
-    bad_fit = failed | ~torch.isfinite(se_s)
-    a = torch.where(bad_fit, math.nan, a)
-    b = torch.where(bad_fit, math.nan, b)
-    se_s = torch.where(bad_fit, math.nan, se_s)
-    acc = torch.where(failed, math.nan, acc)
-    converged &= ~bad_fit
-    beta = b / sd
-    return {
-        "beta": beta,
-        "intercept": a - beta * mean,
-        "se": se_s / sd,
-        "z": b / se_s,
-        "accuracy": acc,
-        "converged": converged,
-        "n_iter": n_iter,
-    }
+        h00, h01, h11 = info[idx, 0], info[idx, 1], info[idx, 2]
+        sd, mu = st["sd"][idx], st["mu"][idx]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            se_s = np.sqrt(h00 / (h00 * h11 - h01 * h01))  # inverse information, slope
+            good = np.isfinite(a) & np.isfinite(b) & np.isfinite(se_s)
+            beta = np.where(good, b / sd, np.nan)
+            u = st["ids"][idx].astype(np.int64)
+            out["beta"][u] = beta
+            out["intercept"][u] = np.where(good, a - beta * mu, np.nan)
+            out["se"][u] = np.where(good, se_s / sd, np.nan)
+            out["z"][u] = np.where(good, b / se_s, np.nan)
+            out["accuracy"][u] = np.where(good, correct.cpu().numpy() / n, np.nan)
+            out["converged"][u] = done[idx] & good
+            out["n_iter"][u] = st["nit"][idx].astype(np.int64)

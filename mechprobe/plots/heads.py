@@ -1,0 +1,262 @@
+"""Figures of the attention-head dissection (E2); they draw arrays, they compute nothing."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+SAME_COLOR = "#1f77b4"
+DIFF_COLOR = "#d62728"
+Q_COLOR = "#2ca02c"
+K_COLOR = "#9467bd"
+
+
+def qk_means_figure(
+    q_mean: np.ndarray, q_std: np.ndarray, k_mean: np.ndarray, k_std: np.ndarray, title: str = ""
+) -> go.Figure:
+    """Per-head means of Q and K with ±1 std error bars.
+
+    Example:
+        >>> fig = qk_means_figure(np.zeros(4), np.ones(4), np.zeros(4), np.ones(4))
+    """
+    heads = np.arange(len(q_mean))
+    fig = go.Figure()
+    for label, mean, std, color, shift in (
+        ("Q", q_mean, q_std, Q_COLOR, -0.12),
+        ("K", k_mean, k_std, K_COLOR, 0.12),
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=heads + shift,
+                y=mean,
+                error_y={"type": "data", "array": std, "visible": True},
+                mode="markers",
+                marker={"color": color, "size": 9},
+                name=f"{label} mean ± std",
+            )
+        )
+    fig.add_hline(y=0, line={"color": "gray", "dash": "dot"})
+    fig.update_layout(
+        title=title or "Q and K per head (tokens 1:)",
+        xaxis={"title": "head", "tickmode": "array", "tickvals": heads},
+        yaxis_title="activation",
+        template="plotly_white",
+    )
+    return fig
+
+
+def qk_scatter_figure(
+    q_mean: np.ndarray, k_mean: np.ndarray, q_std: np.ndarray, k_std: np.ndarray, title: str = ""
+) -> go.Figure:
+    """Q against K per head: means (left) and standard deviations (right), labelled by head.
+
+    Example:
+        >>> fig = qk_scatter_figure(np.zeros(4), np.zeros(4), np.ones(4), np.ones(4))
+    """
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("means", "standard deviations"))
+    labels = [str(h) for h in range(len(q_mean))]
+    for col, (x, y) in enumerate(((q_mean, k_mean), (q_std, k_std)), start=1):
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                mode="markers+text",
+                text=labels,
+                textposition="top center",
+                marker={"size": 10, "color": SAME_COLOR},
+                showlegend=False,
+            ),
+            row=1,
+            col=col,
+        )
+        fig.update_xaxes(title_text="Q", row=1, col=col)
+        fig.update_yaxes(title_text="K", row=1, col=col)
+    fig.update_layout(title=title or "Q vs K per head", template="plotly_white")
+    return fig
+
+
+def raw_strip_figure(raw_same: np.ndarray, raw_diff: np.ndarray, title: str = "") -> go.Figure:
+    """A strip plot of raw same-head and different-head scores with a zero line.
+
+    Example:
+        >>> fig = raw_strip_figure(np.random.randn(30), np.random.randn(90))
+    """
+    fig = go.Figure()
+    for label, values, color in (
+        ("same head", raw_same, SAME_COLOR),
+        ("different heads", raw_diff, DIFF_COLOR),
+    ):
+        fig.add_trace(
+            go.Box(
+                y=values,
+                name=label,
+                boxpoints="all",
+                jitter=0.6,
+                pointpos=0,
+                marker={"color": color, "size": 4, "opacity": 0.6},
+                line={"width": 0},
+                fillcolor="rgba(0,0,0,0)",
+            )
+        )
+    fig.add_hline(y=0, line={"color": "black", "dash": "dash"})
+    fig.update_layout(
+        title=title or "Raw attention scores (last query vs keys 1..n-2)",
+        yaxis_title="raw score q·k",
+        showlegend=False,
+        template="plotly_white",
+    )
+    return fig
+
+
+def raw_hist_figure(
+    raw_same: np.ndarray,
+    raw_diff: np.ndarray,
+    grid: np.ndarray | None = None,
+    kde_same: np.ndarray | None = None,
+    kde_diff: np.ndarray | None = None,
+    title: str = "",
+) -> go.Figure:
+    """Histograms of raw same/different-head scores (zero line); KDE curves on a second axis.
+
+    Example:
+        >>> fig = raw_hist_figure(np.random.randn(30), np.random.randn(90))
+    """
+    fig = make_subplots(specs=[[{"secondary_y": grid is not None}]])
+    for label, values, color in (
+        ("same head", raw_same, SAME_COLOR),
+        ("different heads", raw_diff, DIFF_COLOR),
+    ):
+        fig.add_trace(
+            go.Histogram(
+                x=values,
+                name=label,
+                histnorm="probability density",
+                opacity=0.5,
+                marker_color=color,
+                nbinsx=40,
+            )
+        )
+    if grid is not None:
+        for label, curve, color in (
+            ("same (KDE)", kde_same, SAME_COLOR),
+            ("different (KDE)", kde_diff, DIFF_COLOR),
+        ):
+            if curve is not None:
+                fig.add_trace(
+                    go.Scatter(x=grid, y=curve, name=label, line={"color": color}),
+                    secondary_y=True,
+                )
+        fig.update_yaxes(title_text="KDE (max = 1)", secondary_y=True, rangemode="tozero")
+    fig.add_vline(x=0, line={"color": "black", "dash": "dash"})
+    fig.update_layout(
+        title=title or "Raw attention scores: same vs different heads",
+        barmode="overlay",
+        xaxis_title="raw score q·k",
+        yaxis_title="density",
+        template="plotly_white",
+    )
+    return fig
+
+
+def attn_kde_figure(
+    grid: np.ndarray, kde_final: np.ndarray, kde_self: np.ndarray, title: str = ""
+) -> go.Figure:
+    """Max-normalised KDEs of softmax weights: final token on previous tokens, self-attention.
+
+    Example:
+        >>> g = np.linspace(0, 1, 300)
+        >>> fig = attn_kde_figure(g, np.exp(-g), np.exp(-g))
+    """
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=grid, y=kde_final, name="final token → previous tokens"))
+    fig.add_trace(go.Scatter(x=grid, y=kde_self, name="self-attention (tokens 1:)"))
+    fig.update_layout(
+        title=title or "Softmax attention weights (KDE)",
+        xaxis_title="attention weight",
+        yaxis_title="density (max = 1)",
+        template="plotly_white",
+    )
+    return fig
+
+
+def patterns_figure(
+    pattern: np.ndarray, tokens: Sequence[str] | None = None, title: str = "", cols: int = 3
+) -> go.Figure:
+    """A grid of per-head attention-pattern heatmaps (``pattern``: ``[head, q_pos, k_pos]``).
+
+    Example:
+        >>> fig = patterns_figure(np.tril(np.ones((4, 5, 5))) / np.arange(1, 6)[:, None])
+    """
+    n_heads, n_pos, _ = pattern.shape
+    cols = max(1, min(cols, n_heads))
+    rows = math.ceil(n_heads / cols)
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        subplot_titles=[f"head {h}" for h in range(n_heads)],
+        horizontal_spacing=0.04,
+        vertical_spacing=0.08 if rows > 1 else 0.0,
+    )
+    labels = [f"{i}:{t}" for i, t in enumerate(tokens)] if tokens else list(range(n_pos))
+    for h in range(n_heads):
+        fig.add_trace(
+            go.Heatmap(
+                z=pattern[h],
+                x=labels,
+                y=labels,
+                zmin=0,
+                zmax=1,
+                colorscale="Viridis",
+                showscale=h == 0,
+                hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.3f}<extra></extra>",
+            ),
+            row=h // cols + 1,
+            col=h % cols + 1,
+        )
+    fig.update_yaxes(autorange="reversed", showticklabels=False)
+    fig.update_xaxes(showticklabels=False)
+    fig.update_layout(
+        title=title or "Attention patterns per head (rows: query, columns: key)",
+        height=320 * rows + 80,
+        width=320 * cols + 120,
+        template="plotly_white",
+    )
+    return fig
+
+
+def figures(result: Any) -> dict[str, go.Figure]:
+    """All figures of a heads `ExperimentResult`, keyed by file name.
+
+    Example:
+        >>> figs = figures(run_heads(HeadsConfig(model="tiny-gpt2")))
+        >>> sorted(figs)[:2]
+        ['attn_kde', 'patterns']
+    """
+    a, s = result.arrays, result.summary
+    where = f"{s.get('model', '')} layer {s.get('layer', '')}"
+    return {
+        "qk_means": qk_means_figure(
+            a["q_mean"], a["q_std"], a["k_mean"], a["k_std"], f"Q and K per head ({where})"
+        ),
+        "qk_scatter": qk_scatter_figure(
+            a["q_mean"], a["k_mean"], a["q_std"], a["k_std"], f"Q vs K per head ({where})"
+        ),
+        "raw_strip": raw_strip_figure(a["raw_same"], a["raw_diff"], f"Raw scores ({where})"),
+        "raw_hist": raw_hist_figure(
+            a["raw_same"],
+            a["raw_diff"],
+            a.get("raw_kde_grid"),
+            a.get("kde_raw_same"),
+            a.get("kde_raw_diff"),
+            f"Raw scores: same vs different heads ({where})",
+        ),
+        "attn_kde": attn_kde_figure(
+            a["kde_grid"], a["kde_final_to_prev"], a["kde_self"], f"Softmax weights ({where})"
+        ),
+        "patterns": patterns_figure(a["pattern"], s.get("tokens"), f"Attention patterns ({where})"),
+    }

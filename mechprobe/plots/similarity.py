@@ -1,0 +1,264 @@
+"""Figures of the Q/K/V similarity sweep (E3): cosine histograms by depth, heatmaps, moments.
+
+Every function takes arrays and returns a plotly figure; `figures` builds them all from an
+`ExperimentResult` of `mechprobe.experiments.similarity.run_similarity`. Histogram counts are
+shown as the fraction of a block's pairs in each bin, so blocks of different sizes compare.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
+from plotly.subplots import make_subplots
+
+from mechprobe.experiments.result import ExperimentResult
+from mechprobe.experiments.similarity import BLOCKS, POSITIONS
+
+POSITION_LABELS = {"target": "target", "nontarget": "non-target"}
+LOG_FLOOR = 1e-5  # heatmaps: fractions below this show as this
+DASHES = ("solid", "dash")  # target, non-target
+COMPONENT_COLOURS = {"Q": "#1f77b4", "K": "#ff7f0e", "V": "#2ca02c"}
+
+
+def _fractions(hist: np.ndarray) -> np.ndarray:
+    total = hist.sum(axis=-1, keepdims=True)
+    return np.divide(hist, total, out=np.zeros(hist.shape), where=total > 0)
+
+
+def _depth_colours(n: int) -> list[str]:
+    return sample_colorscale("Viridis", [i / max(1, n - 1) for i in range(n)])
+
+
+def histogram_lines(
+    hist: np.ndarray,
+    edges: np.ndarray,
+    layers: Sequence[int],
+    *,
+    blocks: Sequence[str] = ("QQ", "KV"),
+    title: str = "Cosine similarity of units across sentences",
+) -> go.Figure:
+    """One line per layer (coloured by depth) of the cosine histogram; rows target/non-target.
+
+    Args:
+        hist: ``[2, 6, n_layers, 100]`` counts (positions, `BLOCKS`, layers, bins).
+        edges: ``[101]`` bin edges.
+        layers: Layer index of each histogram.
+        blocks: Which blocks to show, one column each.
+        title: Figure title.
+
+    Example:
+        >>> fig = histogram_lines(res.arrays["hist"], res.arrays["hist_edges"], [0, 1])
+    """
+    centres = (edges[:-1] + edges[1:]) / 2
+    frac = _fractions(hist)
+    colours = _depth_colours(len(layers))
+    fig = make_subplots(
+        rows=len(POSITIONS),
+        cols=len(blocks),
+        shared_xaxes=True,
+        subplot_titles=[f"{b}, {POSITION_LABELS[p]}" for p in POSITIONS for b in blocks],
+    )
+    for p in range(len(POSITIONS)):
+        for c, b in enumerate(blocks):
+            bi = BLOCKS.index(b)
+            for li, L in enumerate(layers):
+                fig.add_trace(
+                    go.Scatter(
+                        x=centres,
+                        y=frac[p, bi, li],
+                        mode="lines",
+                        line={"color": colours[li], "width": 1.5},
+                        name=f"layer {L}",
+                        showlegend=False,
+                    ),
+                    row=p + 1,
+                    col=c + 1,
+                )
+    # Depth colour bar (an invisible marker trace carries it).
+    fig.add_trace(
+        go.Scatter(
+            x=[None],
+            y=[None],
+            mode="markers",
+            showlegend=False,
+            marker={
+                "color": [layers[0], layers[-1]],
+                "colorscale": "Viridis",
+                "cmin": layers[0],
+                "cmax": layers[-1],
+                "colorbar": {"title": "layer"},
+                "showscale": True,
+            },
+        ),
+        row=1,
+        col=1,
+    )
+    fig.update_xaxes(title_text="cosine similarity", range=[-1, 1], row=len(POSITIONS))
+    fig.update_yaxes(title_text="fraction of pairs", col=1)
+    fig.update_layout(title=title, height=650, width=1000, template="plotly_white")
+    return fig
+
+
+def heatmaps(
+    hist: np.ndarray,
+    edges: np.ndarray,
+    layers: Sequence[int],
+    position: int,
+    *,
+    title: str = "Cosine similarity by layer",
+) -> go.Figure:
+    """Layer x cosine heatmaps (log10 fraction of pairs per bin), one panel per block.
+
+    Args:
+        hist: ``[2, 6, n_layers, 100]`` counts.
+        edges: ``[101]`` bin edges.
+        layers: Layer index of each row.
+        position: 0 (target) or 1 (non-target).
+        title: Figure title (the position is appended).
+
+    Example:
+        >>> fig = heatmaps(res.arrays["hist"], res.arrays["hist_edges"], [0, 1], position=0)
+    """
+    centres = (edges[:-1] + edges[1:]) / 2
+    # log10 of the fraction, floored, so the tails stay visible beside a spike.
+    frac = np.log10(np.maximum(_fractions(hist[position]), LOG_FLOOR))
+    fig = make_subplots(rows=2, cols=3, subplot_titles=list(BLOCKS), shared_yaxes=True)
+    for bi, _b in enumerate(BLOCKS):
+        fig.add_trace(
+            go.Heatmap(
+                x=centres,
+                y=[str(L) for L in layers],
+                z=frac[bi],
+                coloraxis="coloraxis",
+            ),
+            row=bi // 3 + 1,
+            col=bi % 3 + 1,
+        )
+    fig.update_xaxes(title_text="cosine similarity", row=2)
+    fig.update_yaxes(title_text="layer", col=1, type="category")
+    fig.update_layout(
+        title=f"{title}, {POSITION_LABELS[POSITIONS[position]]}",
+        coloraxis={
+            "colorscale": "Viridis",
+            "cmin": np.log10(LOG_FLOOR),
+            "cmax": 0,
+            "colorbar": {"title": "log10 fraction"},
+        },
+        height=650,
+        width=1100,
+        template="plotly_white",
+    )
+    return fig
+
+
+def moments_by_layer(
+    variance: np.ndarray,
+    mean: np.ndarray,
+    layers: Sequence[int],
+    *,
+    title: str = "Mean and variance of Q/K/V units across sentences",
+) -> go.Figure:
+    """Mean and variance per layer for Q, K and V; target solid, non-target dashed.
+
+    Args:
+        variance: ``[2, n_layers, 3]`` per-unit variance (``ddof=0``) averaged within Q, K, V.
+        mean: ``[2, n_layers, 3]`` per-unit mean averaged within Q, K, V.
+        layers: Layer indices.
+        title: Figure title.
+
+    Example:
+        >>> fig = moments_by_layer(res.arrays["variance"], res.arrays["mean"], [0, 1])
+    """
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["mean", "variance"])
+    for col, values in enumerate((mean, variance)):
+        for p, pos in enumerate(POSITIONS):
+            for ci, comp in enumerate("QKV"):
+                fig.add_trace(
+                    go.Scatter(
+                        x=list(layers),
+                        y=values[p, :, ci],
+                        mode="lines+markers",
+                        line={"color": COMPONENT_COLOURS[comp], "dash": DASHES[p]},
+                        name=f"{comp}, {POSITION_LABELS[pos]}",
+                        legendgroup=f"{comp}{pos}",
+                        showlegend=col == 0,
+                    ),
+                    row=1,
+                    col=col + 1,
+                )
+    fig.update_xaxes(title_text="layer")
+    fig.update_layout(title=title, height=450, width=1000, template="plotly_white")
+    return fig
+
+
+def cosine_spread(
+    cos_std: np.ndarray,
+    cos_mean_abs: np.ndarray,
+    layers: Sequence[int],
+    *,
+    title: str = "Spread of unit cosines per layer",
+) -> go.Figure:
+    """Standard deviation and mean |cos| of each block per layer; target solid, non-target dashed.
+
+    Args:
+        cos_std: ``[2, 6, n_layers]``.
+        cos_mean_abs: ``[2, 6, n_layers]``.
+        layers: Layer indices.
+        title: Figure title.
+
+    Example:
+        >>> fig = cosine_spread(res.arrays["cos_std"], res.arrays["cos_mean_abs"], [0, 1])
+    """
+    colours = dict(zip(BLOCKS, sample_colorscale("Plotly3", 6), strict=True))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["std of cosines", "mean |cosine|"])
+    for col, values in enumerate((cos_std, cos_mean_abs)):
+        for p, pos in enumerate(POSITIONS):
+            for bi, b in enumerate(BLOCKS):
+                fig.add_trace(
+                    go.Scatter(
+                        x=list(layers),
+                        y=values[p, bi],
+                        mode="lines",
+                        line={"color": colours[b], "dash": DASHES[p]},
+                        name=f"{b}, {POSITION_LABELS[pos]}",
+                        legendgroup=f"{b}{pos}",
+                        showlegend=col == 0,
+                    ),
+                    row=1,
+                    col=col + 1,
+                )
+    fig.update_xaxes(title_text="layer")
+    fig.update_layout(title=title, height=450, width=1000, template="plotly_white")
+    return fig
+
+
+def figures(result: ExperimentResult) -> dict[str, go.Figure]:
+    """Build every figure of a similarity result.
+
+    Example:
+        >>> sorted(figures(run_similarity(SimilarityConfig(model="tiny-gpt2"))))[:2]
+        ['cosine_spread', 'heatmap_nontarget']
+    """
+    a = result.arrays
+    layers = [int(L) for L in a["layers"]]
+    edges = a["hist_edges"]
+    figs = {
+        "histograms_by_depth": histogram_lines(a["hist"], edges, layers),
+        "heatmap_target": heatmaps(a["hist"], edges, layers, 0),
+        "heatmap_nontarget": heatmaps(a["hist"], edges, layers, 1),
+        "moments": moments_by_layer(a["variance"], a["mean"], layers),
+        "cosine_spread": cosine_spread(a["cos_std"], a["cos_mean_abs"], layers),
+    }
+    if "hist_centred" in a:
+        centred = "Mean-centred (Pearson) correlation by layer"
+        figs["histograms_by_depth_centred"] = histogram_lines(
+            a["hist_centred"], edges, layers, title="Mean-centred (Pearson) correlation of units"
+        )
+        for p, pos in enumerate(POSITIONS):
+            figs[f"heatmap_{pos}_centred"] = heatmaps(
+                a["hist_centred"], edges, layers, p, title=centred
+            )
+    return figs

@@ -1,0 +1,142 @@
+"""Benchmark :func:`mechprobe.stats.fit_logistic` against per-unit ``statsmodels`` Logit fits.
+
+By default statsmodels is timed on a subset of units (``--statsmodels-units``) and its time
+is extrapolated linearly to all units (the table says so); ``--full`` runs it on all units.
+Agreement (beta, p-value, accuracy) is computed on the units statsmodels fitted.
+
+Usage:
+    python scripts/bench_probe.py --samples 800 --units 20000
+    python scripts/bench_probe.py --acts acts.npz          # keys: x [samples, units], y
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from mechprobe.stats import fit_logistic
+
+
+def synthetic(n_samples: int, n_units: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Realistic-looking activations: varied scales/offsets, sparse strong effects, ReLUs."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n_samples) < 0.45).astype(np.float64)
+    scale = 10.0 ** rng.uniform(-2, 1.5, n_units)
+    offset = rng.normal(0, 2, n_units) * scale
+    effect = np.where(rng.random(n_units) < 0.2, rng.normal(0, 1.0, n_units), 0.0)
+    x = (rng.standard_normal((n_samples, n_units)) + effect * y[:, None]) * scale + offset
+    relu = rng.random(n_units) < 0.1  # some ReLU-like units with exact zeros
+    x[:, relu] = np.maximum(x[:, relu], 0.0)
+    return x.astype(np.float32), y
+
+
+def statsmodels_fits(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-unit ``sm.Logit(y, sm.add_constant(x_j)).fit(disp=0)``; NaN where it fails."""
+    import statsmodels.api as sm
+
+    m = x.shape[1]
+    out = {k: np.full(m, np.nan) for k in ("beta", "pvalue", "accuracy")}
+    out["converged"] = np.zeros(m, dtype=bool)
+    for j in range(m):
+        xj = x[:, j].astype(np.float64)
+        exog = sm.add_constant(xj)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                res = sm.Logit(y, exog).fit(disp=0)
+            except np.linalg.LinAlgError:
+                continue
+        out["accuracy"][j] = np.mean((res.predict() > 0.5) == y)
+        if exog.shape[1] == 2:  # add_constant skips constant columns
+            out["beta"][j] = res.params[1]
+            out["pvalue"][j] = res.pvalues[1]
+            out["converged"][j] = bool(res.mle_retvals["converged"])
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print the table."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--samples", type=int, default=800)
+    ap.add_argument("--units", type=int, default=20000)
+    ap.add_argument("--statsmodels-units", type=int, default=1000)
+    ap.add_argument("--full", action="store_true", help="run statsmodels on all units")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--acts", type=str, default=None, help="npz file with keys x and y")
+    ap.add_argument("--repeats", type=int, default=3, help="fit_logistic timing: best of N")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--chunk-size", type=int, default=None)
+    args = ap.parse_args(argv)
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.acts:
+        data = np.load(args.acts)
+        x, y = np.asarray(data["x"]), np.asarray(data["y"]).astype(np.float64)
+        source = args.acts
+    else:
+        x, y = synthetic(args.samples, args.units, args.seed)
+        source = f"synthetic (seed {args.seed})"
+    n, m = x.shape
+
+    fit_logistic(x[:, : min(m, 256)], y)  # warm-up
+    times, cpu_times = [], []
+    for _ in range(max(1, args.repeats)):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fit = fit_logistic(x, y, chunk_size=args.chunk_size)
+        times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
+    t_fast, c_fast = min(times), min(cpu_times)
+
+    m_sm = m if args.full else min(m, args.statsmodels_units)
+    rng = np.random.default_rng(args.seed + 1)
+    cols = np.arange(m) if m_sm == m else np.sort(rng.choice(m, m_sm, replace=False))
+    t0, c0 = time.perf_counter(), time.process_time()
+    ref = statsmodels_fits(x[:, cols], y)
+    t_sm_meas, c_sm_meas = time.perf_counter() - t0, time.process_time() - c0
+    t_sm, c_sm = t_sm_meas * m / m_sm, c_sm_meas * m / m_sm
+    sm_note = "measured" if m_sm == m else f"extrapolated from {m_sm} units"
+
+    beta, pval, acc = fit.beta[cols], fit.pvalue[cols], fit.accuracy[cols]
+    both = ref["converged"] & fit.converged[cols]
+    rel_beta = np.abs(beta[both] - ref["beta"][both]) / np.abs(ref["beta"][both])
+    ok_p = both & (ref["pvalue"] > 1e-300) & (pval > 1e-300)
+    dlogp = np.abs(np.log10(pval[ok_p]) - np.log10(ref["pvalue"][ok_p]))
+    fitted = ~np.isnan(ref["accuracy"])  # statsmodels raised on the others (singular)
+    acc_same = bool(np.array_equal(acc[fitted], ref["accuracy"][fitted]))
+
+    rows = [
+        ("data", source),
+        ("n_samples", f"{n}"),
+        ("n_units", f"{m}"),
+        ("torch threads", f"{torch.get_num_threads()}"),
+        ("fit_logistic seconds", f"{t_fast:.3f} wall, {c_fast:.3f} cpu (best of {len(times)})"),
+        (
+            "statsmodels seconds",
+            f"{t_sm:.2f} wall, {c_sm:.2f} cpu ({sm_note}; {t_sm_meas:.2f} s wall measured)",
+        ),
+        ("ratio (speed-up)", f"{t_sm / t_fast:.0f}x wall, {c_sm / c_fast:.0f}x cpu"),
+        ("units compared", f"{int(both.sum())} of {m_sm} (both converged)"),
+        ("max relative beta diff", f"{rel_beta.max() if rel_beta.size else float('nan'):.2e}"),
+        ("max |log10 p diff|", f"{dlogp.max() if dlogp.size else float('nan'):.2e}"),
+        (
+            "accuracy identical",
+            f"{'yes' if acc_same else 'no'} ({int(fitted.sum())} units statsmodels fitted)",
+        ),
+        (
+            "flags (all units)",
+            f"separated {int(fit.separated.sum())}, not converged {int((~fit.converged).sum())}"
+            f", constant {int(np.isnan(fit.beta).sum())}",
+        ),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+if __name__ == "__main__":
+    main()
