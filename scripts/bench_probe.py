@@ -12,6 +12,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import warnings
 
@@ -50,7 +51,7 @@ def statsmodels_fits(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
                 res = sm.Logit(y, exog).fit(disp=0)
             except np.linalg.LinAlgError:
                 continue
-        out["accuracy"][j] = np.mean((res.predict() > 0.5) == y)
+            out["accuracy"][j] = np.mean((res.predict() > 0.5) == y)
         if exog.shape[1] == 2:  # add_constant skips constant columns
             out["beta"][j] = res.params[1]
             out["pvalue"][j] = res.pvalues[1]
@@ -113,11 +114,13 @@ def main(argv: list[str] | None = None) -> None:
         ("data", source),
         ("n_samples", f"{n}"),
         ("n_units", f"{m}"),
-        ("torch threads", f"{torch.get_num_threads()}"),
+        ("torch threads", f"{torch.get_num_threads()} (os.cpu_count() = {os.cpu_count()})"),
+        ("load average (1 min)", f"{os.getloadavg()[0]:.2f} at the end"),
         ("fit_logistic seconds", f"{t_fast:.3f} wall, {c_fast:.3f} cpu (best of {len(times)})"),
         (
             "statsmodels seconds",
-            f"{t_sm:.2f} wall, {c_sm:.2f} cpu ({sm_note}; {t_sm_meas:.2f} s wall measured)",
+            f"{t_sm:.2f} wall, {c_sm:.2f} cpu ({sm_note}: {t_sm_meas:.2f} s wall measured, "
+            f"{1e3 * t_sm_meas / m_sm:.2f} ms per unit)",
         ),
         ("ratio (speed-up)", f"{t_sm / t_fast:.0f}x wall, {c_sm / c_fast:.0f}x cpu"),
         ("units compared", f"{int(both.sum())} of {m_sm} (both converged)"),

@@ -7,6 +7,7 @@ Every file is written atomically.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -70,33 +71,44 @@ def save_figures(
 
             with atomic_path(out / "plotly.min.js") as tmp:
                 tmp.write_text(get_plotlyjs(), encoding="utf-8")
+    with atomic_path(out / "order.json") as tmp:  # figure order for the report
+        tmp.write_text(json.dumps(list(figures)), encoding="utf-8")
     if png if png is not None else png_available():
         written += _write_pngs(figures, out)
     return written
 
 
-def _write_pngs(figures: Mapping[str, object], out: Path) -> list[Path]:
+def _render_pngs(figs: list, paths: list[Path]) -> None:
     import plotly.io as pio
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pio.write_images(
+            figs,
+            [str(p) for p in paths],
+            width=[f.layout.width or 1000 for f in figs],
+            height=[f.layout.height or 600 for f in figs],
+        )
+
+
+def _write_pngs(figures: Mapping[str, object], out: Path) -> list[Path]:
     names = list(figures)
-    tmps = [out / f".{n}.png.tmp.png" for n in names]
+    tmps = {n: out / f".{n}.png.tmp.png" for n in names}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            figs = list(figures.values())
-            pio.write_images(
-                figs,
-                [str(t) for t in tmps],
-                width=[f.layout.width or 1000 for f in figs],
-                height=[f.layout.height or 600 for f in figs],
-            )
-    except Exception as exc:  # a missing or broken browser must not lose the results
-        log.warning("PNG export skipped (%s: %s)", type(exc).__name__, str(exc)[:200])
-        for t in tmps:
-            t.unlink(missing_ok=True)
-        return []
+        _render_pngs([figures[n] for n in names], [tmps[n] for n in names])
+        done = names
+    except Exception:  # a batch can fail as a whole (seen with kaleido 1.x): go one by one
+        done = []
+        for n in names:
+            try:
+                _render_pngs([figures[n]], [tmps[n]])
+                done.append(n)
+            except Exception as exc:  # a broken browser must not lose the other results
+                log.warning("PNG export of %s skipped (%s)", n, type(exc).__name__)
     paths = []
-    for n, t in zip(names, tmps, strict=True):
-        os.replace(t, out / f"{n}.png")
-        paths.append(out / f"{n}.png")
+    for n in names:
+        if n in done:
+            os.replace(tmps[n], out / f"{n}.png")
+            paths.append(out / f"{n}.png")
+        tmps[n].unlink(missing_ok=True)
     return paths

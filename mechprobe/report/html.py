@@ -100,6 +100,15 @@ def key_numbers(
     return out
 
 
+def _figure_specs(directory: Path) -> list[Path]:
+    """Figure specs in the order the experiment built them (``order.json``), else by name."""
+    order_file = directory / "order.json"
+    if order_file.is_file():
+        names = json.loads(order_file.read_text(encoding="utf-8"))
+        return [directory / f"{n}.json" for n in names if (directory / f"{n}.json").is_file()]
+    return sorted(p for p in directory.glob("*.json") if p.name != "order.json")
+
+
 def _section(name: str, exp_dir: Path, findings: Mapping[str, Any] | None, idx: list[int]) -> str:
     summary_path = exp_dir / "summary.json"
     title = TITLES.get(name, name)
@@ -127,7 +136,7 @@ def _section(name: str, exp_dir: Path, findings: Mapping[str, Any] | None, idx: 
     if numbers:
         parts.append("<details><summary>Key numbers</summary>")
         parts.append(_table(numbers, ["quantity", "value"]) + "</details>")
-    for spec in sorted((exp_dir / "figures").glob("*.json")):
+    for spec in _figure_specs(exp_dir / "figures"):
         idx[0] += 1
         sid = f"spec{idx[0]}"
         text = spec.read_text(encoding="utf-8").replace("</", "<\\/")

@@ -21,8 +21,8 @@ Example:
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Callable, Iterator
+import queue
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,7 +46,7 @@ UnitInts = Int[np.ndarray, " units"]
 #: standardised activations and their squares) is about four times this, within L3.
 CPU_CHUNK_BYTES = 1 << 21
 #: On CPU, probabilities and weights are computed in blocks of rows of about this many
-#: bytes per row-array, so that they stay in the L2 cache between operations.
+#: bytes per row-array, so that they stay in (L2) cache between operations.
 BLOCK_BYTES = 1 << 19
 #: Target size in bytes of one float64 chunk on an accelerator (bigger is better there).
 GPU_CHUNK_BYTES = 1 << 26
@@ -151,7 +151,10 @@ def fit_logistic(
         (True, False)
     """
     xt = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-    dev = xt.device if device is None else torch.device(device)
+    if device is None:
+        dev = xt.device
+    else:
+        dev = torch.device(device)
     if xt.ndim != 2:
         raise ValueError(f"x must have shape [samples, units], got {tuple(xt.shape)}")
     if not (xt.is_floating_point() or xt.dtype in (torch.int32, torch.int64, torch.bool)):
@@ -184,34 +187,50 @@ def fit_logistic(
         "separated": np.zeros(m, dtype=bool),
         "n_iter": np.zeros(m, dtype=np.int64),
     }
+    lab = _Labels(yt)
     # Put the positive samples first (the fit does not depend on the order of samples):
     # class-wise reductions and accuracies then work on views instead of masked copies.
     order = torch.argsort(yt, descending=True, stable=True).to(xt.device)
-    starts = iter(range(0, m, chunk_size))
-    lock = threading.Lock()
+    rows = min(chunk_size, m)
 
-    def next_chunk() -> tuple[int, int] | None:
-        with lock:
-            start = next(starts, None)
-        return None if start is None else (start, min(start + chunk_size, m))
-
-    def work() -> None:
+    def fit_range(start: int, ws: _Workspace) -> None:
+        stop = min(start + chunk_size, m)
         with torch.no_grad():
-            _Worker(xt, order, _Labels(yt), out, chunk_size, max_iter, tol, dev).run(next_chunk)
+            xc = ws.xc[: stop - start]
+            xc.copy_(xt[:, start:stop].detach().index_select(0, order).T)
+            res = _fit_chunk(xc, ws, lab, max_iter=max_iter, tol=tol)
+        for key, val in res.items():
+            out[key][start:stop] = val.cpu().numpy()
 
+    starts = range(0, m, chunk_size)
     if dev.type != "cpu":
-        work()
+        ws = _Workspace(rows, n, dev)
+        for start in starts:
+            fit_range(start, ws)
     else:
         # On CPU, chunks are spread over as many worker threads as torch may use, and
         # each runs single-threaded torch operations: coarse-grained parallelism, free
         # of the per-operation synchronisation that stalls on a busy machine.
-        workers = max(1, min(torch.get_num_threads(), -(-m // chunk_size)))
+        workers = max(1, min(torch.get_num_threads(), len(starts)))
         with _torch_threads(1):
             if workers == 1:
-                work()
+                ws = _Workspace(rows, n, dev)
+                for start in starts:
+                    fit_range(start, ws)
             else:
+                pool: queue.SimpleQueue[_Workspace] = queue.SimpleQueue()
+                for _ in range(workers):
+                    pool.put(_Workspace(rows, n, dev))
+
+                def task(start: int) -> None:
+                    ws = pool.get()
+                    try:
+                        fit_range(start, ws)
+                    finally:
+                        pool.put(ws)
+
                 with ThreadPoolExecutor(workers) as ex:
-                    for fut in [ex.submit(work) for _ in range(workers)]:
+                    for fut in [ex.submit(task, start) for start in starts]:
                         fut.result()
 
     z = out.pop("z")
@@ -234,7 +253,7 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 
 class _Labels:
-    """Label-derived quantities (samples sorted positives first)."""
+    """Label-derived quantities shared by all chunks (samples sorted positives first)."""
 
     def __init__(self, y: Float[torch.Tensor, " samples"]) -> None:
         self.n = int(y.shape[0])
@@ -249,107 +268,50 @@ class _Labels:
         self.majority_acc = self.ybar if self.ybar > 0.5 else 1.0 - self.ybar
 
 
-#: Per-unit Newton state kept in numpy (one entry per row of the pool): unit index, sum of
-#: y * xs, mean and sd of the unit's activation, current point (a, b), last accepted point
-#: (a0, b0), last step (da, db), directional derivative phi0 of the log-likelihood along
-#: it, number of halvings and of iterations.
-_STATE = ("ids", "syx", "mu", "sd", "a", "b", "a0", "b0", "da", "db", "phi0", "halv", "nit")
+class _Workspace:
+    """Buffers reused by every chunk (allocated once, so they stay warm in cache)."""
 
-
-class _Worker:
-    """Fits chunks of units with a vectorised Newton-Raphson.
-
-    Units being iterated live in a pool of rows ``(1, xs, xs^2)`` (``xs``: the unit's
-    standardised activations). New chunks are loaded whenever fewer than ``chunk_size``
-    units are still iterating, so that the slow units of one chunk are iterated together
-    with the next chunk instead of on their own. The heavy per-sample work runs in torch
-    on ``dev``; the per-unit bookkeeping (closed-form 2x2 solves, step-halving,
-    convergence) runs in numpy, where the per-operation overhead on tiny arrays is lower.
-    """
-
-    def __init__(
-        self,
-        xt: torch.Tensor,
-        order: torch.Tensor,
-        lab: _Labels,
-        out: dict[str, np.ndarray],
-        chunk_size: int,
-        max_iter: int,
-        tol: float,
-        dev: torch.device,
-    ) -> None:
-        self.xt, self.order, self.lab, self.out = xt, order, lab, out
-        self.chunk_size, self.max_iter, self.tol, self.dev = chunk_size, max_iter, tol, dev
-        n, cap = lab.n, 2 * chunk_size
+    def __init__(self, rows: int, n: int, dev: torch.device) -> None:
         f64 = dict(dtype=torch.float64, device=dev)
-        self.xc = torch.empty(chunk_size, n, **f64)  # a chunk in float64, positives first
-        self.pools = (torch.empty(cap, 3, n, **f64), torch.empty(cap, 3, n, **f64))
-        for pool in self.pools:
-            pool[:, 0] = 1.0
-        self.cur = 0  # which of the two pool buffers is in use (the other: for compaction)
-        self.rows = 0
-        block = BLOCK_BYTES // (8 * n) if dev.type == "cpu" else cap
-        self.block = max(1, min(cap, block))
+        self.xc = torch.empty(rows, n, **f64)  # activations, float64, positives first
+        self.basis = torch.empty(rows, 3, n, **f64)  # (1, xs, xs^2), xs standardised
+        self.basis[:, 0] = 1.0
+        block = BLOCK_BYTES // (8 * n) if dev.type == "cpu" else rows
+        self.block = max(1, min(rows, block))
         self.pw = torch.empty(self.block, 2, n, **f64)  # probabilities and IRLS weights
-        self.sums = torch.empty(cap, 2, 3, **f64)
-        self.st = {k: np.empty(0) for k in _STATE}
-        self.active = np.zeros(0, dtype=bool)
+        self.sums = torch.empty(rows, 2, 3, **f64)
 
-    # ------------------------------------------------------------------------------------
-    def run(self, next_chunk: Callable[[], tuple[int, int] | None]) -> None:
-        """Fit chunks from ``next_chunk`` until there are none left."""
-        exhausted = False
-        while True:
-            while not exhausted and self.active.sum() < self.chunk_size:
-                rng = next_chunk()
-                if rng is None:
-                    exhausted = True
-                else:
-                    self._compact()
-                    self._load(*rng)
-            n_active = int(self.active.sum())
-            if n_active == 0:
-                if exhausted:
-                    return
-                continue
-            if n_active <= 0.75 * self.rows:
-                self._compact()
-            self._iterate()
 
-    # ------------------------------------------------------------------------------------
-    def _load(self, start: int, stop: int) -> None:
-        """Separation/constant checks for a chunk; its other units join the pool."""
-        lab, out, dev = self.lab, self.out, self.dev
-        n, n1 = lab.n, lab.n1
-        c = stop - start
-        xc = self.xc[:c]
-        xc.copy_(self.xt[:, start:stop].detach().index_select(0, self.order).T)
+def _fit_chunk(
+    xc: Float[torch.Tensor, "units samples"],
+    ws: _Workspace,
+    lab: _Labels,
+    *,
+    max_iter: int,
+    tol: float,
+) -> dict[str, torch.Tensor]:
+    """Fit all units of one chunk (``xc``: float64, units-major, positives first)."""
+    c, n = xc.shape
+    n1 = lab.n1
+    dev = xc.device
 
-        # exact (quasi-)separation check: min/max of x within each class
-        if lab.single_class:
-            xmin, xmax = xc.amin(1), xc.amax(1)
-            constant = xmax == xmin
-            separated = torch.ones(c, dtype=torch.bool, device=dev)
-        else:
-            min1, max1 = xc[:, :n1].amin(1), xc[:, :n1].amax(1)
-            min0, max0 = xc[:, n1:].amin(1), xc[:, n1:].amax(1)
-            xmin, xmax = torch.minimum(min1, min0), torch.maximum(max1, max0)
-            constant = xmax == xmin
-            sep_pos = (max0 <= min1) & ~constant  # slope -> +inf
-            sep_neg = (max1 <= min0) & ~constant  # slope -> -inf
-            separated = sep_pos | sep_neg
-        if not bool((torch.isfinite(xmin) & torch.isfinite(xmax)).all()):
-            raise ValueError("x contains NaN or infinite values")
-
-        sl = slice(start, stop)
-        const_np = constant.cpu().numpy()
-        sep_np = separated.cpu().numpy()
-        out["separated"][sl] = sep_np
-        out["accuracy"][sl][const_np] = 1.0 if lab.single_class else lab.majority_acc
-        out["intercept"][sl][const_np] = lab.logit_ybar
-        if lab.single_class:
-            out["accuracy"][sl] = 1.0
-        elif sep_np.any():
+    # --- exact (quasi-)separation check: min/max of x within each class ----------------
+    nan = torch.full((c,), math.nan, dtype=torch.float64, device=dev)
+    beta, intercept, accuracy = nan.clone(), nan.clone(), nan.clone()
+    if lab.single_class:
+        xmin, xmax = xc.amin(1), xc.amax(1)
+        constant = xmax == xmin
+        separated = torch.ones(c, dtype=torch.bool, device=dev)
+        accuracy[:] = 1.0
+    else:
+        x1, x0 = xc[:, :n1], xc[:, n1:]
+        min1, max1, min0, max0 = x1.amin(1), x1.amax(1), x0.amin(1), x0.amax(1)
+        xmin, xmax = torch.minimum(min1, min0), torch.maximum(max1, max0)
+        constant = xmax == xmin
+        sep_pos = (max0 <= min1) & ~constant  # slope -> +inf
+        sep_neg = (max1 <= min0) & ~constant  # slope -> -inf
+        separated = sep_pos | sep_neg
+        if bool(separated.any()):
             # Limit of the diverging fit: points strictly on either side of the boundary
             # are classified correctly; points tied at the boundary get p_hat equal to
             # their share of positives.
@@ -357,100 +319,126 @@ class _Worker:
             bound = torch.where(sep_pos[sidx], max0[sidx], max1[sidx])
             tied = xc[sidx] == bound[:, None]
             n1t, n0t = tied[:, :n1].sum(1), tied[:, n1:].sum(1)
-            errors = torch.where(n1t > n0t, n0t, n1t).cpu().numpy()
-            pos = sep_pos[sidx].cpu().numpy()
-            out["accuracy"][sl][sep_np] = 1.0 - errors / n
-            out["beta"][sl][sep_np] = np.where(pos, np.inf, -np.inf)
+            errors = torch.where(n1t > n0t, n0t, n1t)
+            accuracy[sidx] = 1.0 - errors.to(torch.float64) / n
+            inf = torch.full_like(bound, math.inf)
+            beta[sidx] = torch.where(sep_pos[sidx], inf, -inf)
+    if not bool((torch.isfinite(xmin) & torch.isfinite(xmax)).all()):
+        raise ValueError("x contains NaN or infinite values")
 
-        # the other units: standardise into the pool, x = mean + sd * xs (an exact
-        # reparametrisation, better conditioned; the convergence criterion uses its scale)
-        fit_np = ~(const_np | sep_np)
-        k = int(fit_np.sum())
-        if k == 0:
-            return
-        src = xc if k == c else xc[torch.from_numpy(fit_np).to(dev)]
-        dst = self.pools[self.cur][self.rows : self.rows + k]
-        xs, xs2 = dst[:, 1], dst[:, 2]
-        mean = src.mean(1)
-        torch.sub(src, mean[:, None], out=xs)
-        torch.mul(xs, xs, out=xs2)
-        sd = xs2.mean(1).sqrt_()
-        usable = (sd > 0) & torch.isfinite(sd)  # else: left as failed (NaN results)
-        sd = torch.where(usable, sd, 1.0)
-        xs.div_(sd[:, None])
-        torch.mul(xs, xs, out=xs2)
-        syx = xs[:, :n1].sum(1).cpu().numpy()
-        ok = usable.cpu().numpy()
-        syx = np.where(ok, syx, 0.0)
+    accuracy[constant] = 1.0 if lab.single_class else lab.majority_acc
+    intercept[constant] = lab.logit_ybar
+    res = {
+        "beta": beta,
+        "intercept": intercept,
+        "se": nan.clone(),
+        "z": nan.clone(),
+        "accuracy": accuracy,
+        "converged": torch.zeros(c, dtype=torch.bool, device=dev),
+        "separated": separated,
+        "n_iter": torch.zeros(c, dtype=torch.int64, device=dev),
+    }
 
-        # Free first step from the intercept-only MLE (a0, 0): there p_i = ybar, so the
-        # gradient is (0, sum y xs) and the information is about ybar (1 - ybar) diag(n, n).
-        db = syx / (lab.ybar * (1.0 - lab.ybar) * n)
-        zeros = np.zeros(k)
-        new = {
-            "ids": start + np.flatnonzero(fit_np).astype(np.float64),
-            "syx": syx,
-            "mu": mean.cpu().numpy(),
-            "sd": sd.cpu().numpy(),
-            "a": np.full(k, lab.logit_ybar),
-            "b": db,
-            "a0": np.full(k, lab.logit_ybar),
-            "b0": zeros,
-            "da": zeros,
-            "db": db,
-            "phi0": syx * db,
-            "halv": zeros,
-            "nit": zeros,
-        }
-        for key, val in new.items():
-            self.st[key] = np.concatenate([self.st[key], val])
-        self.active = np.concatenate([self.active, ok])
-        self.rows += k
+    # --- Newton-Raphson on the remaining units -------------------------------------------
+    fit = ~(constant | separated)
+    if bool(fit.any()):
+        nt = _newton(xc, fit, ws, lab, max_iter=max_iter, tol=tol)
+        for key, val in nt.items():
+            res[key] = torch.where(fit, val, res[key])
+    return res
 
-    def _compact(self) -> None:
-        """Drop the rows of finished units (copy the others into the spare buffer)."""
-        keep = np.flatnonzero(self.active)
-        if keep.size == self.rows:
-            return
-        src, dst = self.pools[self.cur], self.pools[1 - self.cur]
-        if keep.size:
-            idx = torch.from_numpy(keep).to(self.dev)
-            torch.index_select(src[: self.rows], 0, idx, out=dst[: keep.size])
-        self.cur, self.rows = 1 - self.cur, int(keep.size)
-        self.st = {k: v[keep] for k, v in self.st.items()}
-        self.active = self.active[keep]
 
-    def _iterate(self) -> None:
-        """One Newton iteration for all rows of the pool."""
-        st, rows, dev, tol = self.st, self.rows, self.dev, self.tol
-        work = self.pools[self.cur][:rows]
-        active = self.active
+def _newton(
+    xc: Float[torch.Tensor, "units samples"],
+    fit: Bool[torch.Tensor, " units"],
+    ws: _Workspace,
+    lab: _Labels,
+    *,
+    max_iter: int,
+    tol: float,
+) -> dict[str, torch.Tensor]:
+    """Vectorised Newton-Raphson for the units (rows of ``xc``) where ``fit`` is set.
 
-        # ---- gradient and information at (a, b): torch, on the device ----
-        # (in blocks of rows small enough for p and w to stay in L2 between operations)
-        a_t = torch.from_numpy(st["a"]).to(dev)[:, None]
-        b_t = torch.from_numpy(st["b"]).to(dev)[:, None]
-        sums_t = self.sums[:rows]
-        for lo in range(0, rows, self.block):
-            hi = min(lo + self.block, rows)
-            pw = self.pw[: hi - lo]
-            p, w = pw[:, 0], pw[:, 1]
-            torch.addcmul(a_t[lo:hi], work[lo:hi, 1], b_t[lo:hi], out=p)
-            p.sigmoid_()
-            torch.addcmul(p, p, p, value=-1.0, out=w)  # w = p (1 - p)
-            torch.bmm(pw, work[lo:hi].transpose(1, 2), out=sums_t[lo:hi])  # (p,w).(1,xs,xs^2)
-        sums = sums_t.cpu().numpy()
+    The heavy per-sample work (probabilities, weights and the sums forming each unit's
+    gradient and 2x2 information) runs in torch on ``xc.device``; the per-unit bookkeeping
+    (closed-form 2x2 solves, step-halving, convergence) runs in numpy on tiny arrays,
+    where the per-operation overhead is much lower.
+    """
+    c, n = xc.shape
+    n1 = lab.n1
+    dev = xc.device
 
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            a, b, a0, b0, da, db = (st[k] for k in ("a", "b", "a0", "b0", "da", "db"))
-            g0 = self.lab.n1 - sums[:, 0, 0]  # sum (y - p)
-            g1 = st["syx"] - sums[:, 0, 1]  # sum (y - p) xs
+    # Standardise: x = mean + sd * xs. The fit on xs is an exact reparametrisation,
+    # better conditioned, and gives a meaningful scale for the convergence criterion.
+    basis = ws.basis[:c]  # rows (1, xs, xs^2), each contiguous
+    xs, xs2 = basis[:, 1], basis[:, 2]
+    mean = xc.mean(1)
+    torch.sub(xc, mean[:, None], out=xs)
+    sd_t = torch.linalg.vector_norm(xs, dim=1).div_(math.sqrt(n))
+    fit_t = fit & (sd_t > 0) & torch.isfinite(sd_t)
+    sd_t = torch.where(fit_t, sd_t, 1.0)
+    xs.div_(sd_t[:, None])
+    torch.mul(xs, xs, out=xs2)
+    syx_t = xs[:, :n1].sum(1)
+
+    fit_np = fit_t.cpu().numpy()
+    syx = syx_t.cpu().numpy()
+    sy = float(n1)
+
+    # Free first step from the intercept-only MLE (a0, 0): there p_i = ybar, so the
+    # gradient is (0, sum y xs) and the information is about ybar (1 - ybar) diag(n, n).
+    # State per unit: current point (a, b), last accepted point (a0, b0), last step
+    # (da, db) and the directional derivative phi0 of the log-likelihood along it.
+    a0, b0 = np.full(c, lab.logit_ybar), np.zeros(c)
+    da, db = np.zeros(c), np.where(fit_np, syx, 0.0) / (lab.ybar * (1.0 - lab.ybar) * n)
+    a, b = a0 + da, b0 + db
+    phi0 = np.where(fit_np, syx, 0.0) * db
+    halvings = np.zeros(c, dtype=np.int64)
+    n_it = np.zeros(c, dtype=np.int64)
+
+    # results, per unit of the chunk
+    r_a, r_b = np.full(c, np.nan), np.full(c, np.nan)
+    r_info = np.full((c, 3), np.nan)
+    r_conv = np.zeros(c, dtype=bool)
+    r_nit = np.zeros(c, dtype=np.int64)
+
+    # Rows of `work` still being computed; `ids` maps them to units. Finished rows are
+    # dropped lazily (once a quarter of them are done) to avoid copying at every step.
+    work, ids, active = basis, np.arange(c), fit_np.copy()
+
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        while active.any():
+            if active.sum() <= 0.75 * active.shape[0]:
+                work = work.index_select(0, torch.from_numpy(np.flatnonzero(active)).to(dev))
+                state = (ids, syx, a, b, a0, b0, da, db, phi0, halvings, n_it)
+                ids, syx, a, b, a0, b0, da, db, phi0, halvings, n_it = (t[active] for t in state)
+                active = active[active]
+            rows = active.shape[0]
+
+            # ---- gradient and information at (a, b): torch, on the device ----
+            # (in blocks of rows small enough for p and w to stay in L2 between operations)
+            a_t = torch.from_numpy(a).to(dev)[:, None]
+            b_t = torch.from_numpy(b).to(dev)[:, None]
+            sums_t = ws.sums[:rows]
+            for lo in range(0, rows, ws.block):
+                hi = min(lo + ws.block, rows)
+                pw = ws.pw[: hi - lo]
+                p, w = pw[:, 0], pw[:, 1]
+                torch.addcmul(a_t[lo:hi], work[lo:hi, 1], b_t[lo:hi], out=p)
+                p.sigmoid_()
+                torch.addcmul(p, p, p, value=-1.0, out=w)  # w = p (1 - p)
+                # (p, w) . (1, xs, xs^2)
+                torch.bmm(pw, work[lo:hi].transpose(1, 2), out=sums_t[lo:hi])
+            sums = sums_t.cpu().numpy()
+            g0 = sy - sums[:, 0, 0]  # sum (y - p)
+            g1 = syx - sums[:, 0, 1]  # sum (y - p) xs
             h00, h01, h11 = sums[:, 1, 0], sums[:, 1, 1], sums[:, 1, 2]  # sum w (1, xs, xs^2)
 
             # ---- safeguard: halve the previous step if it overshot the line maximum ----
             # (for a quadratic log-likelihood, slope1 < -phi0 means the log-likelihood
             # fell; steps below the tolerance are left alone, being at the noise level)
-            bad = active & (g0 * da + g1 * db < -st["phi0"]) & (st["halv"] < MAX_HALVINGS)
+            slope1 = g0 * da + g1 * db
+            bad = active & (slope1 < -phi0) & (halvings < MAX_HALVINGS)
             bad &= np.maximum(np.abs(da), np.abs(db)) > tol
 
             # ---- Newton step: closed-form inverse of the 2x2 information ----
@@ -463,52 +451,51 @@ class _Worker:
             done = take & (np.maximum(np.abs(s0), np.abs(s1)) <= tol)
             fail = not_bad & ~ok
 
-            if bad.any():
-                st["a"] = np.where(bad, a0 + 0.5 * da, a)
-                st["b"] = np.where(bad, b0 + 0.5 * db, b)
-                st["da"] = np.where(bad, 0.5 * da, da)
-                st["db"] = np.where(bad, 0.5 * db, db)
-                st["phi0"] = np.where(bad, 0.5 * st["phi0"], st["phi0"])
-                st["halv"] = st["halv"] + bad
-            st["a0"], st["b0"] = np.where(take, a, a0), np.where(take, b, b0)
-            st["a"] = np.where(take, a + s0, st["a"])
-            st["b"] = np.where(take, b + s1, st["b"])
-            st["da"], st["db"] = np.where(take, s0, st["da"]), np.where(take, s1, st["db"])
-            st["phi0"] = np.where(take, g0 * s0 + g1 * s1, st["phi0"])
-            st["nit"] = st["nit"] + (take | bad)
+            a_half, b_half = a0 + 0.5 * da, b0 + 0.5 * db
+            a0, b0 = np.where(take, a, a0), np.where(take, b, b0)
+            a = np.where(take, a + s0, np.where(bad, a_half, a))
+            b = np.where(take, b + s1, np.where(bad, b_half, b))
+            da = np.where(take, s0, np.where(bad, 0.5 * da, da))
+            db = np.where(take, s1, np.where(bad, 0.5 * db, db))
+            phi0 = np.where(take, g0 * s0 + g1 * s1, np.where(bad, 0.5 * phi0, phi0))
+            halvings += bad
+            n_it += take | bad
 
-        finish = done | fail | (active & (st["nit"] >= self.max_iter))
-        if finish.any():
-            self._finish(np.flatnonzero(finish), done, fail, sums[:, 1])
-            self.active = active & ~finish
+            finish = done | fail | (active & (n_it >= max_iter))
+            if finish.any():
+                u = ids[finish]
+                r_a[u] = np.where(fail[finish], np.nan, a[finish])
+                r_b[u] = np.where(fail[finish], np.nan, b[finish])
+                r_info[u] = sums[finish, 1]
+                r_conv[u] = done[finish]
+                r_nit[u] = n_it[finish]
+                active &= ~finish
 
-    def _finish(
-        self, idx: np.ndarray, done: np.ndarray, fail: np.ndarray, info: np.ndarray
-    ) -> None:
-        """Write the results of the units in pool rows ``idx``."""
-        st, lab, out = self.st, self.lab, self.out
-        n, n1 = lab.n, lab.n1
-        a = np.where(fail[idx], np.nan, st["a"][idx])
-        b = np.where(fail[idx], np.nan, st["b"][idx])
-        # in-sample accuracy at the final estimates: p_hat > 0.5  <=>  a + b xs > 0
-        rows = torch.from_numpy(idx).to(self.dev)
-        xs = self.pools[self.cur][:, 1].index_select(0, rows)
-        a_t, b_t = torch.from_numpy(a).to(self.dev), torch.from_numpy(b).to(self.dev)
-        eta = torch.addcmul(a_t[:, None], xs, b_t[:, None])
+    # ---- in-sample accuracy at the final estimates: p_hat > 0.5  <=>  a + b xs > 0 ----
+    a_t, b_t = torch.from_numpy(r_a).to(dev)[:, None], torch.from_numpy(r_b).to(dev)[:, None]
+    correct = torch.empty(c, dtype=torch.int64, device=dev)
+    for lo in range(0, c, ws.block):
+        hi = min(lo + ws.block, c)
+        eta = ws.pw[: hi - lo, 0]
+        torch.addcmul(a_t[lo:hi], xs[lo:hi], b_t[lo:hi], out=eta)
         above = eta > 0
-        correct = above[:, :n1].sum(1) + (n - n1) - above[:, n1:].sum(1)
+        correct[lo:hi] = above[:, :n1].sum(1) + (n - n1) - above[:, n1:].sum(1)
+    r_acc = correct.cpu().numpy() / n
 
-        h00, h01, h11 = info[idx, 0], info[idx, 1], info[idx, 2]
-        sd, mu = st["sd"][idx], st["mu"][idx]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            se_s = np.sqrt(h00 / (h00 * h11 - h01 * h01))  # inverse information, slope
-            good = np.isfinite(a) & np.isfinite(b) & np.isfinite(se_s)
-            beta = np.where(good, b / sd, np.nan)
-            u = st["ids"][idx].astype(np.int64)
-            out["beta"][u] = beta
-            out["intercept"][u] = np.where(good, a - beta * mu, np.nan)
-            out["se"][u] = np.where(good, se_s / sd, np.nan)
-            out["z"][u] = np.where(good, b / se_s, np.nan)
-            out["accuracy"][u] = np.where(good, correct.cpu().numpy() / n, np.nan)
-            out["converged"][u] = done[idx] & good
-            out["n_iter"][u] = st["nit"][idx].astype(np.int64)
+    a, b = r_a, r_b
+    h00, h01, h11 = r_info[:, 0], r_info[:, 1], r_info[:, 2]
+    sd, mu = sd_t.cpu().numpy(), mean.cpu().numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        se_s = np.sqrt(h00 / (h00 * h11 - h01 * h01))  # inverse information, slope entry
+        good = fit_t.cpu().numpy() & np.isfinite(a) & np.isfinite(b) & np.isfinite(se_s)
+        beta = np.where(good, b / sd, np.nan)
+        res = {
+            "beta": beta,
+            "intercept": np.where(good, a - beta * mu, np.nan),
+            "se": np.where(good, se_s / sd, np.nan),
+            "z": np.where(good, b / se_s, np.nan),
+            "accuracy": np.where(good, r_acc, np.nan),
+            "converged": r_conv & good,
+            "n_iter": r_nit,
+        }
+    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in res.items()}
