@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from _course import load_or_fall_back
+
 COURSE_MODEL = "gpt2"
 COURSE_LAYER = 6
 
@@ -32,20 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     from mechprobe.cli.heads import execute
     from mechprobe.errors import MechprobeError
     from mechprobe.experiments.heads import HeadsConfig
-    from mechprobe.models import load_model, load_reference
 
+    loaded = load_or_fall_back("reproduce_heads", args.model, args.device, reference=True)
+    if loaded is None:
+        return 2
+    args.model, model, reference = loaded
     layer = args.layer
     if layer is None and args.model == COURSE_MODEL:
         layer = COURSE_LAYER
-    try:
-        model = load_model(args.model, device=args.device)
-        reference = load_reference(args.model, device=args.device)
-    except MechprobeError as exc:
-        sys.stderr.write(
-            f"reproduce_heads: cannot load {args.model!r}: {exc}\n"
-            "reproduce_heads: try the offline model instead: --model smollm2-135m\n"
-        )
-        return 2
     config = HeadsConfig(
         model=args.model,
         layer=layer,

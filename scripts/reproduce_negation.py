@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from _course import load_or_fall_back
+
 from mechprobe.errors import MechprobeError
 
 
@@ -29,19 +31,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from mechprobe.cli.negation import table
     from mechprobe.experiments.negation import NegationConfig, run_negation
-    from mechprobe.models import load_model
     from mechprobe.plots.negation import figures
 
-    try:
-        model = load_model(args.model, device=args.device)
-    except MechprobeError as exc:
-        print(
-            f"reproduce_negation: cannot load {args.model}: {exc}\n"
-            "  (offline? run the same configuration on the bundled model: "
-            "python scripts/reproduce_negation.py --model smollm2-135m)",
-            file=sys.stderr,
-        )
+    loaded = load_or_fall_back("reproduce_negation", args.model, args.device, reference=False)
+    if loaded is None:
         return 2
+    args.model, model, _ = loaded
     config = NegationConfig(model=args.model, text=args.text, device=args.device)
     try:
         result = run_negation(config, model=model)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from _course import load_or_fall_back
+
 COURSE_MODEL = "gpt2"
 
 
@@ -30,17 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     from mechprobe.cli.replace import execute
     from mechprobe.errors import MechprobeError
     from mechprobe.experiments.replace import ReplaceConfig
-    from mechprobe.models import load_model, load_reference
 
-    try:
-        model = load_model(args.model, device=args.device)
-        reference = load_reference(args.model, device=args.device)
-    except MechprobeError as exc:
-        sys.stderr.write(
-            f"reproduce_replace: cannot load {args.model!r}: {exc}\n"
-            "reproduce_replace: try the offline model instead: --model smollm2-135m\n"
-        )
+    loaded = load_or_fall_back("reproduce_replace", args.model, args.device, reference=True)
+    if loaded is None:
         return 2
+    args.model, model, reference = loaded
     # The course's settings are ReplaceConfig's defaults (position 4, head-layer 3, head 2, K,
     # mlp-layer 5, units ::2, mean 10, std 1, scale-layer 8, scales 0.1 and 10).
     config = ReplaceConfig(model=args.model, device=args.device)

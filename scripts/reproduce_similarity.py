@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from _course import load_or_fall_back
+
 from mechprobe.cli.similarity import layer_table
 from mechprobe.errors import MechprobeError
 from mechprobe.experiments.similarity import SimilarityConfig, run_similarity
-from mechprobe.models import load_model
 from mechprobe.plots.similarity import figures
 
 
@@ -28,15 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="mechprobe-out", help="output directory")
     ap.add_argument("--device", default=None, help="torch device")
     args = ap.parse_args(argv)
-    try:
-        model = load_model(args.model, device=args.device)
-    except MechprobeError as exc:
-        print(
-            f"reproduce_similarity: cannot load {args.model!r} ({exc}); offline, run "
-            "'python scripts/reproduce_similarity.py --model smollm2-135m'",
-            file=sys.stderr,
-        )
+    loaded = load_or_fall_back("reproduce_similarity", args.model, args.device, reference=False)
+    if loaded is None:
         return 2
+    args.model, model, _ = loaded
     config = SimilarityConfig(model=args.model, target=" her", centre=True, device=args.device)
     try:
         result = run_similarity(config, model=model)
