@@ -298,6 +298,25 @@ def test_large_offset_statsmodels_loses_precision_we_do_not():
     assert fit.accuracy[0] == sm_accuracy(centred, y)
 
 
+def test_outlier_dominated_units_converge_and_match_statsmodels():
+    """One huge value dominates mean and sd: the bulk of xs sits far from 0 relative to its
+    spread, and the information's determinant would cancel; the fit re-centres and still
+    converges to statsmodels' estimate, standard error and accuracy."""
+    rng = np.random.default_rng(17)
+    y = (rng.random(400) < 0.3).astype(np.float64)
+    x = rng.normal(size=(400, 3)) + np.array([0.3, 0.6, 1.0]) * y[:, None]
+    x[0], y[0] = [1e6, 3e5, 1e5], 1.0
+    fit = fit_logistic(x, y)
+    assert fit.converged.all()
+    for j in range(3):
+        res = sm_fit(x[:, j] - np.median(x[:, j]), y)  # well-conditioned reference
+        assert res.mle_retvals["converged"]
+        assert_allclose(fit.beta[j], res.params[1], rtol=RTOL_BETA)
+        assert_allclose(fit.se[j], res.bse[1], rtol=RTOL_BETA)
+        assert_allclose(np.log10(fit.pvalue[j]), np.log10(res.pvalues[1]), atol=ATOL_LOG10P)
+        assert fit.accuracy[j] == sm_accuracy(sm_fit(x[:, j], y), y)
+
+
 def test_max_iter_reached_is_not_converged(data):
     x, y = data
     fit = fit_logistic(x[:, :20], y, max_iter=1)
