@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from mechprobe.cli.main import main as mechprobe_main
@@ -40,7 +42,38 @@ def main() -> int:
     for png in pngs:
         shutil.copyfile(png, dest / f"{png.parent.parent.name}_{png.name}")
     print(f"copied {len(pngs)} PNGs to {dest}")
+    screenshot(Path(args.out) / "index.html", dest / "report.png")
     return 0
+
+
+def screenshot(page: Path, png: Path) -> None:
+    """Save the top of the HTML report as seen in headless Chromium (for the README)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        print("chromium not found: no report screenshot", file=sys.stderr)
+        return
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=30000",
+                "--window-size=1280,1700",
+                f"--screenshot={png}",
+                page.resolve().as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    print(f"wrote {png}")
 
 
 if __name__ == "__main__":
