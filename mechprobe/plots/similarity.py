@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import einops
 import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
@@ -154,6 +155,41 @@ def heatmaps(
     return fig
 
 
+def _two_panel_lines(
+    panels: Sequence[tuple[str, np.ndarray]],
+    series: Sequence[tuple[str, str]],
+    layers: Sequence[int],
+    *,
+    mode: str,
+    title: str,
+) -> go.Figure:
+    """Two side-by-side panels of per-layer lines: one line per series and position.
+
+    ``panels`` holds ``(subtitle, values [2 positions, n_series, n_layers])``; ``series`` holds
+    ``(name, colour)``. Target lines are solid, non-target dashed.
+    """
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[name for name, _ in panels])
+    for col, (_, values) in enumerate(panels):
+        for p, pos in enumerate(POSITIONS):
+            for si, (name, colour) in enumerate(series):
+                fig.add_trace(
+                    go.Scatter(
+                        x=list(layers),
+                        y=values[p, si],
+                        mode=mode,
+                        line={"color": colour, "dash": DASHES[p]},
+                        name=f"{name}, {POSITION_LABELS[pos]}",
+                        legendgroup=f"{name}{pos}",
+                        showlegend=col == 0,
+                    ),
+                    row=1,
+                    col=col + 1,
+                )
+    fig.update_xaxes(title_text="layer")
+    fig.update_layout(title=title, height=450, width=1000, template="plotly_white")
+    return fig
+
+
 def moments_by_layer(
     variance: np.ndarray,
     mean: np.ndarray,
@@ -172,26 +208,13 @@ def moments_by_layer(
     Example:
         >>> fig = moments_by_layer(res.arrays["variance"], res.arrays["mean"], [0, 1])
     """
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["mean", "variance"])
-    for col, values in enumerate((mean, variance)):
-        for p, pos in enumerate(POSITIONS):
-            for ci, comp in enumerate("QKV"):
-                fig.add_trace(
-                    go.Scatter(
-                        x=list(layers),
-                        y=values[p, :, ci],
-                        mode="lines+markers",
-                        line={"color": COMPONENT_COLOURS[comp], "dash": DASHES[p]},
-                        name=f"{comp}, {POSITION_LABELS[pos]}",
-                        legendgroup=f"{comp}{pos}",
-                        showlegend=col == 0,
-                    ),
-                    row=1,
-                    col=col + 1,
-                )
-    fig.update_xaxes(title_text="layer")
-    fig.update_layout(title=title, height=450, width=1000, template="plotly_white")
-    return fig
+    by_component = "position layer component -> position component layer"
+    panels = [
+        ("mean", einops.rearrange(mean, by_component)),
+        ("variance", einops.rearrange(variance, by_component)),
+    ]
+    series = [(c, COMPONENT_COLOURS[c]) for c in "QKV"]
+    return _two_panel_lines(panels, series, layers, mode="lines+markers", title=title)
 
 
 def cosine_spread(
@@ -212,27 +235,9 @@ def cosine_spread(
     Example:
         >>> fig = cosine_spread(res.arrays["cos_std"], res.arrays["cos_mean_abs"], [0, 1])
     """
-    colours = dict(zip(BLOCKS, sample_colorscale("Plotly3", 6), strict=True))
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["std of cosines", "mean |cosine|"])
-    for col, values in enumerate((cos_std, cos_mean_abs)):
-        for p, pos in enumerate(POSITIONS):
-            for bi, b in enumerate(BLOCKS):
-                fig.add_trace(
-                    go.Scatter(
-                        x=list(layers),
-                        y=values[p, bi],
-                        mode="lines",
-                        line={"color": colours[b], "dash": DASHES[p]},
-                        name=f"{b}, {POSITION_LABELS[pos]}",
-                        legendgroup=f"{b}{pos}",
-                        showlegend=col == 0,
-                    ),
-                    row=1,
-                    col=col + 1,
-                )
-    fig.update_xaxes(title_text="layer")
-    fig.update_layout(title=title, height=450, width=1000, template="plotly_white")
-    return fig
+    series = list(zip(BLOCKS, sample_colorscale("Plotly3", 6), strict=True))
+    panels = [("std of cosines", cos_std), ("mean |cosine|", cos_mean_abs)]
+    return _two_panel_lines(panels, series, layers, mode="lines", title=title)
 
 
 def figures(result: ExperimentResult) -> dict[str, go.Figure]:
