@@ -1,5 +1,5 @@
 """``python -m mechprobe``: the same as the ``mechprobe`` command."""
 
-from mechprobe.cli.main import main
+from mechprobe.cli.main import entry
 
-raise SystemExit(main())
+entry()

@@ -1,8 +1,16 @@
-"""Collect activations at chosen hook points and positions, batch by batch.
+"""The one recorder: activations at chosen hook points and positions, batch by batch.
 
-Only the hooks asked for are recorded and only the positions asked for are kept, so memory is
-proportional to what is kept, not to layers x sequence length. The forward pass stops after the
-last layer that any requested hook lives in.
+Every experiment and the crosscheck record through `collect`. Only the hooks asked for are
+recorded and only the positions asked for are kept, so memory is proportional to what is kept,
+not to layers x sequence length. Intervention hooks given with ``hooks=`` run before the
+recorders, so what is recorded is the activation after the intervention. Unless the logits are
+asked for, the forward pass stops after the last layer that any requested hook lives in.
+
+Example:
+    >>> from mechprobe.hooks import hook_name
+    >>> acts = collect(model, tokens, [hook_name(0, "q")], positions=3)
+    >>> acts["blocks.0.attn.hook_q"].shape  # [batch, head, d_head]
+    torch.Size([2, 4, 16])
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechprobe.errors import MechprobeError
-from mechprobe.hooks import check_hook_names, hook_name, stop_layer
+from mechprobe.hooks import HookFn, check_hook_names, stop_layer, unit_hook_names
 from mechprobe.models.registry import model_shape
 from mechprobe.units import heads_to_units
 
@@ -42,6 +50,9 @@ def _row_positions(positions: Positions, n_rows: int, n_pos: int) -> Tensor | No
     return pos
 
 
+LOGITS = "logits"
+
+
 def collect(
     model: Any,
     tokens: Int[Tensor, "batch pos"],
@@ -50,6 +61,8 @@ def collect(
     positions: Positions = None,
     batch_size: int = 32,
     transform: Callable[[str, Tensor], Tensor] | None = None,
+    hooks: Sequence[tuple[str, HookFn]] = (),
+    logits: bool = False,
     progress: bool | None = None,
     desc: str = "forward",
 ) -> dict[str, Tensor]:
@@ -64,6 +77,9 @@ def collect(
         batch_size: Rows per forward pass.
         transform: Optional ``(name, activation_at_kept_positions) -> tensor`` applied in the
             hook before storing (e.g. flatten heads into units).
+        hooks: Intervention hooks ``(name, fn)``, run before the recorders.
+        logits: Also keep the logits (under the key `LOGITS`, every position); the whole
+            model then runs.
         progress: Show a progress bar; default: when there is more than one batch.
         desc: Progress bar label.
 
@@ -71,36 +87,40 @@ def collect(
         ``{name: tensor}`` on the CPU, rows in the order of ``tokens``.
 
     Example:
-        >>> acts = collect(model, tokens, ["blocks.0.attn.hook_q"], positions=3)
-        >>> acts["blocks.0.attn.hook_q"].shape  # [batch, head, d_head]
-        torch.Size([8, 4, 16])
+        >>> acts = collect(model, tokens, ["blocks.1.mlp.hook_pre"], logits=True)
+        >>> acts["blocks.1.mlp.hook_pre"].shape, acts["logits"].shape
+        (torch.Size([2, 9, 256]), torch.Size([2, 9, 50257]))
     """
-    names = check_hook_names(model, names)
+    names = check_hook_names(model, list(dict.fromkeys(names)))
+    check_hook_names(model, [name for name, _ in hooks])
     if tokens.ndim != 2:
         raise MechprobeError(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}")
     if batch_size < 1:
         raise MechprobeError(f"batch size must be at least 1, got {batch_size}")
     n_rows, n_pos = tokens.shape
     pos_all = _row_positions(positions, n_rows, n_pos)
-    stop = stop_layer(names, model_shape(model).n_layers)
-    # When every hook sits in a block, the pass also ends once the last of them has fired, so the
-    # final norm and the unembedding (large for big vocabularies) are never computed.
-    abort_after = len(set(names)) if all(n.startswith("blocks.") for n in names) else None
+    all_names = [*names, *(n for n, _ in hooks)]
+    stop = None if logits else stop_layer(all_names, model_shape(model).n_layers)
+    # When every hook sits in a block, the pass also ends once the last of them has fired, so
+    # the final norm and the unembedding (large for big vocabularies) are never computed.
+    in_blocks = all(n.startswith("blocks.") for n in names)
+    abort_after = len(names) if in_blocks and not logits else None
     fired: set[str] = set()
     device = next(model.parameters()).device
     out: dict[str, Tensor] = {}
     batch_slice = slice(0, 0)
     batch_pos: Tensor | None = None
 
-    def make_hook(name: str) -> Callable[[Tensor, Any], Tensor]:
+    def store(name: str, kept: Tensor) -> None:
+        if name not in out:
+            out[name] = torch.empty((n_rows, *kept.shape[1:]), dtype=kept.dtype)
+        out[name][batch_slice] = kept.to("cpu")
+
+    def make_hook(name: str) -> HookFn:
         def hook(act: Tensor, hook: Any) -> Tensor:
             kept = act if batch_pos is None else act[torch.arange(act.shape[0]), batch_pos]
             kept = kept.detach()
-            if transform is not None:
-                kept = transform(name, kept)
-            if name not in out:
-                out[name] = torch.empty((n_rows, *kept.shape[1:]), dtype=kept.dtype)
-            out[name][batch_slice] = kept.to("cpu")
+            store(name, transform(name, kept) if transform is not None else kept)
             fired.add(name)
             if abort_after is not None and len(fired) == abort_after:
                 raise _StopForward
@@ -108,7 +128,7 @@ def collect(
 
         return hook
 
-    fwd_hooks = [(name, make_hook(name)) for name in names]
+    fwd_hooks = [*hooks, *((name, make_hook(name)) for name in names)]
     starts = range(0, n_rows, batch_size)
     show = progress if progress is not None else len(starts) > 1
     with torch.inference_mode():
@@ -119,26 +139,17 @@ def collect(
             batch = tokens[batch_slice].to(device)
             fired.clear()
             try:
-                model.run_with_hooks(
-                    batch, fwd_hooks=fwd_hooks, return_type=None, stop_at_layer=stop
+                res = model.run_with_hooks(
+                    batch,
+                    fwd_hooks=fwd_hooks,
+                    return_type="logits" if logits else None,
+                    stop_at_layer=stop,
                 )
             except _StopForward:
-                pass
+                continue
+            if logits:
+                store(LOGITS, res.detach())
     return out
-
-
-def unit_hook_names(layers: Sequence[int], component: str) -> list[str]:
-    """Hook names behind a unit family: ``qkv`` (hook_q, hook_k, hook_v) or ``mlp`` (hook_pre).
-
-    Example:
-        >>> unit_hook_names([0], "qkv")
-        ['blocks.0.attn.hook_q', 'blocks.0.attn.hook_k', 'blocks.0.attn.hook_v']
-    """
-    if component == "qkv":
-        return [hook_name(L, f"attn.hook_{c}") for L in layers for c in "qkv"]
-    if component == "mlp":
-        return [hook_name(L, "mlp.hook_pre") for L in layers]
-    raise MechprobeError(f"unknown component {component!r} (choose qkv or mlp)")
 
 
 def collect_units(
@@ -174,7 +185,7 @@ def collect_units(
     Example:
         >>> units = collect_units(model, tokens, positions=5, layers=[0, 1])
         >>> units["qkv"].shape, units["mlp"].shape
-        (torch.Size([8, 2, 192]), torch.Size([8, 2, 256]))
+        (torch.Size([2, 2, 192]), torch.Size([2, 2, 256]))
     """
     if positions is None:
         raise MechprobeError("collect_units keeps one position per row; give positions")

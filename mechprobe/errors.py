@@ -1,11 +1,15 @@
-"""The one exception type for user errors.
+"""The exception types for user errors.
 
 A `MechprobeError` is a problem with the user's input or environment (unknown model, layer out of
 range, unreadable file, missing package). The CLI prints it as a single line
 ``mechprobe: error: <message>`` and exits with status 2; library callers can catch it.
+A `ConfigError` carries several invalid settings at once, each tied to the setting's name, so
+that the CLI can name every bad option in one line.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 
 class MechprobeError(Exception):
@@ -19,28 +23,18 @@ class MechprobeError(Exception):
     """
 
 
-def check_index(name: str, value: int, size: int, what: str = "") -> int:
-    """Validate an index into a range of ``size`` items, allowing negative indices.
+class ConfigError(MechprobeError):
+    """One or more invalid settings, each as ``(setting, message)``.
 
-    Args:
-        name: The argument's name, used in the message (e.g. ``"layer"``).
-        value: The index given by the user.
-        size: How many items there are.
-        what: Optional description of what is indexed (e.g. ``"gpt2's 12 layers"``).
-
-    Returns:
-        The non-negative index.
-
-    Raises:
-        MechprobeError: When the index is out of range.
+    The message of each problem is about the value (``"layer 40 is out of range (0..29)"``); the
+    setting is the config field's name (``"layers"``), which the CLI turns into its flag.
 
     Example:
-        >>> check_index("layer", -1, 12)
-        11
+        >>> err = ConfigError([("alpha", "must be in (0, 1), got 2.0"), ("seed", "must be >= 0")])
+        >>> str(err)
+        'alpha: must be in (0, 1), got 2.0; seed: must be >= 0'
     """
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise MechprobeError(f"{name} must be an integer, got {value!r}")
-    if not -size <= value < size:
-        where = f" of {what}" if what else ""
-        raise MechprobeError(f"{name} {value} is out of range{where} (valid: 0..{size - 1})")
-    return value % size
+
+    def __init__(self, problems: Iterable[tuple[str, str]]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(f"{name}: {msg}" for name, msg in self.problems))

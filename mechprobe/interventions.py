@@ -21,7 +21,6 @@ editing the tensor it receives in place.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,93 +29,20 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechprobe.errors import MechprobeError, check_index
+from mechprobe.errors import MechprobeError
 from mechprobe.hooks import HookFn, hook_name, temporary_hooks
 from mechprobe.models.registry import model_shape
+from mechprobe.validate import (
+    check_index,
+    check_number,
+    check_seed,
+    resolve_positions,
+    resolve_units,
+)
 
 Units = slice | Sequence[int]
 Positions = int | Sequence[int] | None
 COMPONENTS = ("q", "k", "v")
-
-
-# ----------------------------------------------------------------------------- argument parsing
-
-
-def parse_units(text: str, name: str = "--mlp-units") -> slice | tuple[int, ...]:
-    """Parse a unit selection: a Python slice (``"::2"``, ``"10:20"``) or a comma list (``"1,5"``).
-
-    Args:
-        text: The selection as typed by a user.
-        name: The argument name used in error messages.
-
-    Returns:
-        A ``slice`` or a tuple of ints.
-
-    Raises:
-        MechprobeError: When the text is neither form.
-
-    Example:
-        >>> parse_units("::2")
-        slice(None, None, 2)
-        >>> parse_units("3,7")
-        (3, 7)
-    """
-    text = text.strip()
-    try:
-        if ":" in text:
-            parts = text.split(":")
-            if len(parts) > 3:
-                raise ValueError
-            fields = [int(p) if p.strip() else None for p in parts] + [None] * (3 - len(parts))
-            if fields[2] == 0:
-                raise MechprobeError(f"{name} {text!r}: slice step cannot be zero")
-            return slice(*fields)
-        return tuple(int(p) for p in text.split(","))
-    except ValueError:
-        raise MechprobeError(
-            f"{name} {text!r} is not a slice like '::2' or '10:20' or a comma list like '1,5,9'"
-        ) from None
-
-
-def resolve_units(units: Units, width: int, name: str = "units") -> list[int]:
-    """Turn a slice or index list into sorted, distinct, non-negative indices below ``width``.
-
-    Raises:
-        MechprobeError: On an out-of-range index or an empty selection.
-
-    Example:
-        >>> resolve_units(slice(None, None, 2), 6)
-        [0, 2, 4]
-    """
-    if isinstance(units, slice):
-        idx = list(range(width)[units])
-    else:
-        if isinstance(units, int | str):
-            raise MechprobeError(f"{name} must be a slice or a list of indices, got {units!r}")
-        idx = sorted({check_index(name, int(u), width, f"{width} units") for u in units})
-    if not idx:
-        raise MechprobeError(f"{name} {units!r} selects no unit (there are {width})")
-    return idx
-
-
-def resolve_positions(positions: Positions, n_pos: int, name: str = "positions") -> list[int]:
-    """Turn ``None`` (all), an int or a list into distinct non-negative positions below ``n_pos``.
-
-    Raises:
-        MechprobeError: On an out-of-range position or an empty list.
-
-    Example:
-        >>> resolve_positions(-1, 11)
-        [10]
-    """
-    if positions is None:
-        return list(range(n_pos))
-    if isinstance(positions, int):
-        positions = [positions]
-    idx = sorted({check_index(name, int(p), n_pos, f"{n_pos} tokens") for p in positions})
-    if not idx:
-        raise MechprobeError(f"{name} is empty: choose at least one position")
-    return idx
 
 
 def gaussian_noise(
@@ -140,22 +66,6 @@ def gaussian_noise(
     return (noise * float(std) + float(mean)).to(dtype)
 
 
-def _check_layer(layer: int, n_layers: int, name: str = "layer") -> int:
-    if isinstance(layer, int) and not isinstance(layer, bool) and layer < 0:
-        raise MechprobeError(f"{name} {layer} is out of range (valid: 0..{n_layers - 1})")
-    return check_index(name, layer, n_layers, f"{n_layers} layers")
-
-
-def _check_finite(name: str, value: float) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise MechprobeError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(value):
-        raise MechprobeError(f"{name} must be finite, got {value!r}")
-    return value
-
-
 # ----------------------------------------------------------------------------- hook factories
 
 
@@ -172,7 +82,7 @@ def zero_head(head: int) -> HookFn:
     """
 
     def hook(act: Float[Tensor, "batch pos head d_head"], hook: Any) -> Tensor:
-        check_index("head", head, act.shape[2], f"{act.shape[2]} heads")
+        check_index(head, act.shape[2], "head")
         out = act.clone()
         out[:, :, head, :] = 0
         return out
@@ -201,7 +111,7 @@ def mlp_noise(
 
     Example:
         >>> fn = mlp_noise(slice(None, None, 2), [4], mean=10.0, std=1.0, seed=0)
-        >>> logits = model.run_with_hooks(tokens, fwd_hooks=[("blocks.5.mlp.hook_pre", fn)])
+        >>> logits = model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.mlp.hook_pre", fn)])
     """
 
     def hook(act: Float[Tensor, "batch pos units"], hook: Any) -> Tensor:
@@ -222,10 +132,10 @@ def scale_output(factor: float) -> HookFn:
 
     Example:
         >>> logits = model.run_with_hooks(
-        ...     tokens, fwd_hooks=[("blocks.8.hook_resid_post", scale_output(0.1))]
+        ...     tokens, fwd_hooks=[("blocks.1.hook_resid_post", scale_output(0.1))]
         ... )
     """
-    factor = _check_finite("factor", factor)
+    factor = check_number(factor, what="factor")
 
     def hook(act: Float[Tensor, "batch pos d_model"], hook: Any) -> Tensor:
         return act * factor
@@ -275,7 +185,7 @@ class ZeroHead(Intervention):
         component: ``"q"``, ``"k"`` or ``"v"``.
 
     Example:
-        >>> model.run_with_hooks(tokens, fwd_hooks=ZeroHead(3, 2, "k").hooks(model))
+        >>> logits = model.run_with_hooks(tokens, fwd_hooks=ZeroHead(1, 2, "k").hooks(model))
     """
 
     layer: int
@@ -284,14 +194,11 @@ class ZeroHead(Intervention):
 
     def validate(self, model: Any, n_tokens: int | None = None) -> None:
         s = model_shape(model)
-        _check_layer(self.layer, s.n_layers)
+        check_index(self.layer, s.n_layers, "layer")
         if self.component not in COMPONENTS:
             raise MechprobeError(f"component must be one of q, k, v; got {self.component!r}")
         n = s.n_heads if self.component == "q" else s.n_kv_heads
-        if isinstance(self.head, bool) or not isinstance(self.head, int) or not 0 <= self.head < n:
-            raise MechprobeError(
-                f"head {self.head} is out of range for {self.component.upper()} (valid: 0..{n - 1})"
-            )
+        check_index(self.head, n, f"{self.component.upper()} head")
 
     @property
     def point(self) -> str:
@@ -314,7 +221,8 @@ class MLPNoise(Intervention):
         seed: Generator seed.
 
     Example:
-        >>> model.run_with_hooks(tokens, fwd_hooks=MLPNoise(5, positions=(4,)).hooks(model))
+        >>> hooks = MLPNoise(1, positions=(4,)).hooks(model)
+        >>> logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
     """
 
     layer: int
@@ -326,16 +234,13 @@ class MLPNoise(Intervention):
 
     def validate(self, model: Any, n_tokens: int | None = None) -> None:
         s = model_shape(model)
-        _check_layer(self.layer, s.n_layers)
-        resolve_units(self.units, s.d_mlp, "units")
-        _check_finite("mean", self.mean)
-        if _check_finite("std", self.std) < 0:
-            raise MechprobeError(f"std must be >= 0, got {self.std}")
+        check_index(self.layer, s.n_layers, "layer")
+        resolve_units(self.units, s.d_mlp, "MLP unit")
+        check_number(self.mean, what="noise mean")
+        check_number(self.std, low=0.0, what="noise std")
+        check_seed(self.seed)
         if n_tokens is not None:
-            resolve_positions(self.positions, n_tokens, "positions")
-        elif self.positions is not None and not isinstance(self.positions, int):
-            if len(self.positions) == 0:
-                raise MechprobeError("positions is empty: choose at least one position")
+            resolve_positions(self.positions, n_tokens)
 
     @property
     def point(self) -> str:
@@ -354,16 +259,15 @@ class ScaleOutput(Intervention):
         factor: A finite number.
 
     Example:
-        >>> model.run_with_hooks(tokens, fwd_hooks=ScaleOutput(8, 0.1).hooks(model))
+        >>> logits = model.run_with_hooks(tokens, fwd_hooks=ScaleOutput(1, 0.1).hooks(model))
     """
 
     layer: int
     factor: float
 
     def validate(self, model: Any, n_tokens: int | None = None) -> None:
-        s = model_shape(model)
-        _check_layer(self.layer, s.n_layers)
-        _check_finite("factor", self.factor)
+        check_index(self.layer, model_shape(model).n_layers, "layer")
+        check_number(self.factor, what="factor")
 
     @property
     def point(self) -> str:

@@ -100,6 +100,34 @@ class QKVLayout:
         start = sum(self.size(c) for c in COMPONENTS[: COMPONENTS.index(component)])
         return slice(start, start + self.size(component))
 
+    def slices(self) -> dict[str, slice]:
+        """The columns of each component: ``{"q": ..., "k": ..., "v": ...}``."""
+        return {c: self.slice(c) for c in COMPONENTS}
+
+    def groups(self, family: str, n_units: int) -> dict[str, slice]:
+        """Unit groups of a family: ``qkv`` -> qkv, q, k, v (GQA-aware); else the family alone.
+
+        Example:
+            >>> QKVLayout(9, 3, 64).groups("qkv", 960)["v"]
+            slice(768, 960, None)
+        """
+        if family == "qkv":
+            return {"qkv": slice(0, n_units), **self.slices()}
+        return {family: slice(0, n_units)}
+
+    def locate(self, unit: int) -> tuple[str, int, int]:
+        """``(component, head, dim)`` of a flat Q|K|V unit.
+
+        Example:
+            >>> QKVLayout(9, 3, 64).locate(600)
+            ('k', 0, 24)
+        """
+        for c, s in self.slices().items():
+            if s.start <= unit < s.stop:
+                head, dim = divmod(unit - s.start, self.d_head)
+                return c, head, dim
+        raise ValueError(f"unit {unit} is out of range (0..{self.n_units - 1})")
+
     def kv_head_of(self, head: int) -> int:
         """The key/value head that query head ``head`` attends with (grouped-query aware)."""
         return head // (self.n_heads // self.n_kv_heads)
@@ -115,7 +143,7 @@ class QKVLayout:
             Dict of int arrays of length ``n_units``.
 
         Example:
-            >>> QKVLayout(4, 4, 16).unit_map()["head"][16]
+            >>> int(QKVLayout(4, 4, 16).unit_map()["head"][16])
             1
         """
         comp, head, dim = [], [], []
@@ -141,7 +169,7 @@ def layout_of(model: object) -> QKVLayout:
     """Return the `QKVLayout` of a bridge or HF model.
 
     Example:
-        >>> layout_of(load_model("tiny-gpt2")).n_units
+        >>> layout_of(model).n_units
         192
     """
     from mechprobe.models.registry import model_shape

@@ -55,7 +55,7 @@ def _child(mode: str, model_name: str, batch: int, seq: int, repeats: int) -> di
     def course() -> int:
         arch, store, handles = hf_arch(model), [], []
         for L in layers:
-            for module in [*arch.qkv_modules(L).values(), arch.mlp_in(L)]:
+            for module in [*arch.qkv_modules(model, L).values(), arch.module(model, "mlp_in", L)]:
                 handles.append(
                     module.register_forward_hook(lambda m, a, o: store.append(o.detach().clone()))
                 )

@@ -2,7 +2,7 @@
 
 A synthetic model of GPT-2 XL's shape (25 heads x 64 = 1600 units each for Q, K and V: 4800
 units per layer, 54 sentences) feeds random activations, one layer at a time, to
-:func:`mechprobe.experiments.similarity.stream_similarity`, the function ``mechprobe similarity``
+:func:`mechprobe.stats.cosine.stream_similarity`, the function ``mechprobe similarity``
 uses. Each layer count runs in a fresh subprocess, which reports
 
 - ``tracemalloc`` peak: the largest Python/numpy heap in use during the reduction;
@@ -30,7 +30,7 @@ def child(n_layers: int, n_sentences: int, heads: int, d_head: int, centre: bool
     """Run the reduction once in this process and return its memory and time figures."""
     import numpy as np
 
-    from mechprobe.experiments.similarity import stream_similarity
+    from mechprobe.stats.cosine import stream_similarity
     from mechprobe.units import QKVLayout
 
     layout = QKVLayout(heads, heads, d_head)
@@ -43,7 +43,7 @@ def child(n_layers: int, n_sentences: int, heads: int, d_head: int, centre: bool
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()
     t0 = time.perf_counter()
-    out = stream_similarity(layers(), layout, centre=centre)
+    out = stream_similarity(layers(), layout.slices(), centre=centre)
     seconds = time.perf_counter() - t0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()

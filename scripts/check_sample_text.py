@@ -13,7 +13,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from mechprobe.corpus import decode_pieces, select_targets, tokenize_text
+from mechprobe.corpus.targets import decode_pieces, select_targets, tokenize_text
 from mechprobe.models.sources import gpt2_tokenizer, smollm2_dir
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "mechprobe/data/sample_negation.txt"

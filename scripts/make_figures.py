@@ -1,9 +1,12 @@
-"""Regenerate figures/: run `mechprobe all` offline on smollm2-135m and copy every PNG.
+"""Regenerate figures/ and the README's findings table from full offline runs.
+
+Runs ``mechprobe all`` on each model (default smollm2-135m) with the shared text, copies every PNG
+to figures/<experiment>_<figure>.png (the first model's), screenshots the top of the report, and
+rewrites the findings table between the README's markers from the runs' finding.json files.
 
 Usage:
-    python scripts/make_figures.py --text ../shared/data/pg32154.txt [--out mechprobe-out]
-
-The PNGs land in figures/<experiment>_<figure>.png (the README shows some of them).
+    python scripts/make_figures.py [--text ../shared/data/pg32154.txt] [--out mechprobe-out]
+        [--models smollm2-135m,gemma3-270m] [--resume]
 """
 
 from __future__ import annotations
@@ -15,39 +18,51 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mechprobe.cli.main import main as mechprobe_main
-
 REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--text", default="../shared/data/pg32154.txt")
+    ap.add_argument("--text", default=str(REPO.parent / "shared" / "data" / "pg32154.txt"))
     ap.add_argument("--out", default="mechprobe-out")
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--resume", action="store_true", help="reuse finished experiments in --out")
+    ap.add_argument("--models", default="smollm2-135m")
+    ap.add_argument("--resume", action="store_true", help="reuse finished steps in --out")
     args = ap.parse_args()
-    argv = ["all", "--model", args.model, "--out", args.out, "--text", args.text]
-    code = mechprobe_main(argv + (["--resume"] if args.resume else []))
-    if code != 0:
-        return code
+
+    from mechprobe.cli.main import main as mechprobe_main
+    from mechprobe.report.markdown import findings_markdown, replace_block
+
+    models = [m for m in args.models.split(",") if m]
+    outs = {m: Path(args.out) / m if len(models) > 1 else Path(args.out) for m in models}
+    for model, out in outs.items():
+        argv = ["all", "--model", model, "--out", str(out), "--text", args.text]
+        code = mechprobe_main(argv + (["--resume"] if args.resume else []))
+        if code != 0:
+            return code
+    first = outs[models[0]]
+    pngs = sorted(first.glob("*/figures/*.png"))
+    if not pngs:
+        print("no PNGs were written (is Chromium installed?)", file=sys.stderr)
+        return 1
     dest = REPO / "figures"
     dest.mkdir(exist_ok=True)
     for old in dest.glob("*.png"):
         old.unlink()
-    pngs = sorted(Path(args.out).glob("*/figures/*.png"))
-    if not pngs:
-        print("no PNGs were written (is Chromium installed?)", file=sys.stderr)
-        return 1
     for png in pngs:
         shutil.copyfile(png, dest / f"{png.parent.parent.name}_{png.name}")
     print(f"copied {len(pngs)} PNGs to {dest}")
-    screenshot(Path(args.out) / "index.html", dest / "report.png")
+    screenshot(first / "index.html", dest / "report.png")
+    readme = REPO / "README.md"
+    readme.write_text(
+        replace_block(readme.read_text(encoding="utf-8"), findings_markdown(outs)),
+        encoding="utf-8",
+    )
+    print(f"updated the findings table in {readme}")
     return 0
 
 
-def screenshot(page: Path, png: Path) -> None:
-    """Save the top of the HTML report as seen in headless Chromium (for the README)."""
+def screenshot(page: Path, png: Path, height: int = 1700) -> None:
+    """Save the top of an HTML page as seen in headless Chromium."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         print("chromium not found: no report screenshot", file=sys.stderr)
@@ -65,7 +80,7 @@ def screenshot(page: Path, png: Path) -> None:
                 "--disable-sync",
                 f"--user-data-dir={profile}",
                 "--virtual-time-budget=30000",
-                "--window-size=1280,1700",
+                f"--window-size=1280,{height}",
                 f"--screenshot={png}",
                 page.resolve().as_uri(),
             ],

@@ -10,8 +10,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mechprobe.cli.main import main
-
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TEXT = Path(
     os.environ.get("MECHPROBE_SHARED_TEXT", REPO.parent / "shared" / "data" / "pg32154.txt")
@@ -36,6 +34,8 @@ def assert_close(
 
 def run_cli(*argv: str) -> tuple[int, str, str]:
     """Run the mechprobe CLI in-process; return (exit status, stdout, stderr)."""
+    from mechprobe.cli.main import main
+
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
@@ -46,9 +46,26 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    """A user error: exit 2, exactly one line 'mechprobe: error: ...' containing the fragments."""
+    """A user error: exit 2 and one line 'mechprobe: error: ...' holding the fragments.
+
+    The error is the last line of stderr; progress lines (``[load] ...``) may come before it, a
+    traceback never.
+    """
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert code == 2, (code, err)
-    assert len(lines) == 1 and lines[0].startswith("mechprobe: error: "), err
+    assert "Traceback" not in err, err
+    errors = [line for line in lines if line.startswith("mechprobe: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
+    assert all(line.startswith("[") for line in lines[:-1]), err
     for f in fragments:
-        assert f in lines[0], (f, lines[0])
+        assert f in errors[0], (f, errors[0])
+
+
+def run_tl(model, tokens, interventions, names):
+    """Run the bridge with interventions; the recorded activations (after them) and the logits."""
+    from mechprobe.activations import LOGITS, collect
+    from mechprobe.interventions import intervention_hooks
+
+    hooks = intervention_hooks(model, interventions, int(tokens.shape[1]))
+    acts = collect(model, tokens, names, hooks=hooks, logits=True, progress=False)
+    return acts, acts.pop(LOGITS)

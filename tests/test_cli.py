@@ -1,10 +1,15 @@
+"""The command line: one-line errors naming every bad option, exit statuses, Ctrl-C."""
+
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from mechprobe.io import write_json
-from tests.helpers import assert_one_line_error, run_cli
+from tests.helpers import REPO, assert_one_line_error, run_cli
 
 
 @pytest.mark.unit
@@ -12,7 +17,7 @@ def test_python_dash_m_works():
     res = subprocess.run(
         [sys.executable, "-m", "mechprobe", "models"], capture_output=True, text=True, timeout=120
     )
-    assert res.returncode == 0 and "tiny-gpt2" in res.stdout
+    assert res.returncode == 0 and "tiny-gpt2" in res.stdout and "gemma3-270m" in res.stdout
 
 
 @pytest.mark.unit
@@ -21,6 +26,21 @@ def test_argparse_errors_are_one_line():
     assert_one_line_error(code, err, "--no-such-option")
     code, _, err = run_cli("no-such-command")
     assert_one_line_error(code, err, "no-such-command")
+
+
+@pytest.mark.unit
+def test_every_bad_option_is_reported_at_once(tiny_cli, tmp_path):
+    code, _, err = run_cli(
+        "negation", "--model", "tiny-gpt2", "--out", str(tmp_path), "--layers", "0,9",
+        "--alpha", "2", "--seed", "-1", "--context-pre", "300", "--correction", "holm",
+        "--components", "qkv,attn", "--batch-size", "x",
+    )  # fmt: skip
+    assert_one_line_error(
+        code, err, "--layers: layer 9 is out of range (0..1)", "--alpha: alpha must be in (0, 1)",
+        "--seed: seed -1 is outside [0, 2**32)", "--context-pre: a window of 300 + 1 + 10",
+        "--correction: expected one of bonferroni, fdr", "--components", "--batch-size",
+    )  # fmt: skip
+    assert not (tmp_path / "negation").exists()
 
 
 @pytest.mark.unit
@@ -33,3 +53,44 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
     write_json(tmp_path / "x.json", {"a": 1})
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("when", ["imports", "load"])
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, when):
+    """SIGINT while libraries import, or once the model loads: one line, status 130."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mechprobe", "similarity", "--model", "tiny-gpt2", "--out",
+         str(tmp_path), "--no-png"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    if when == "imports":
+        time.sleep(0.4)  # python has started; torch and transformers are being imported
+        first = ""
+    else:
+        first = proc.stderr.readline()  # "[load] tiny-gpt2": the run is under way
+        assert first.startswith("[load]"), first
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, first + err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "mechprobe: interrupted"
+    assert not (tmp_path / "similarity").exists()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+@pytest.mark.unit
+def test_ctrl_c_during_exit_handlers_is_one_line(tmp_path):
+    """A SIGINT while exit handlers run (atexit) still gives the one line and status 130."""
+    code = (
+        "import atexit, os, signal, time, sys\n"
+        "sys.argv = ['mechprobe', 'models']\n"
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5)))\n"
+        "from mechprobe.cli.main import entry\n"
+        "entry()\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        env={**os.environ},
+    )  # fmt: skip
+    assert res.returncode == 130, res.stderr
+    assert res.stderr.strip() == "mechprobe: interrupted"

@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import hashlib
-import io
-import urllib.request
 
 import numpy as np
 import pytest
 
-from mechprobe import corpus
-from mechprobe.corpus import (
+from mechprobe.corpus import targets as corpus_targets
+from mechprobe.corpus import text as corpus_text
+from mechprobe.corpus.targets import (
     AFFIRMATION,
     NEGATION,
     Targets,
     balance_targets,
     classify_token,
     first_per_class,
-    load_text,
     make_windows,
     select_targets,
 )
+from mechprobe.corpus.text import load_text
 from mechprobe.errors import MechprobeError
 
 pytestmark = pytest.mark.unit
@@ -183,7 +182,7 @@ def test_counts_on_shared_text_match_straightforward_loop(shared_text, tiny_refe
         if t in AFF_WORDS and nxt != " not" and nxt.startswith(" "):
             aff.append(ti)
 
-    pieces = corpus.decode_pieces(tok, corpus.tokenize_text(tok, src.text))
+    pieces = corpus_targets.decode_pieces(tok, corpus_targets.tokenize_text(tok, src.text))
     got = select_targets(pieces, pre=90, post=10)
     assert got.positions[got.labels == NEGATION].tolist() == neg
     assert got.positions[got.labels == AFFIRMATION].tolist() == aff
@@ -196,7 +195,7 @@ def test_sample_text_has_enough_targets(tiny_reference):
     _, tok = tiny_reference
     text = read_data_text("sample_negation.txt")
     assert len(text.split()) >= 3000
-    pieces = corpus.decode_pieces(tok, corpus.tokenize_text(tok, text))
+    pieces = corpus_targets.decode_pieces(tok, corpus_targets.tokenize_text(tok, text))
     t = select_targets(pieces)
     assert t.count(NEGATION) >= 100 and t.count(AFFIRMATION) >= 100
 
@@ -223,75 +222,20 @@ def test_missing_file_is_user_error(tmp_path):
 
 
 def test_resolve_source():
-    assert corpus.resolve_source("gutenberg:42") == (
+    assert corpus_text.resolve_source("gutenberg:42") == (
         "url",
         "https://www.gutenberg.org/cache/epub/42/pg42.txt",
     )
-    assert corpus.resolve_source("HTTPS://example.org/a.txt")[0] == "url"
-    assert corpus.resolve_source("data/a.txt") == ("path", None)
+    assert corpus_text.resolve_source("HTTPS://example.org/a.txt")[0] == "url"
+    assert corpus_text.resolve_source("data/a.txt") == ("path", None)
     with pytest.raises(MechprobeError):
-        corpus.resolve_source("gutenberg:abc")
-
-
-class _FakeResponse(io.BytesIO):
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def test_download_is_cached(tmp_path, monkeypatch):
-    monkeypatch.setenv("MECHPROBE_CACHE", str(tmp_path / "cache"))
-    calls = []
-    body = b"Some \r\ntext that can not be.\r\n"
-
-    def fake_urlopen(request, timeout=None):
-        calls.append(request.full_url)
-        return _FakeResponse(body)
-
-    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
-    a = load_text("gutenberg:7")
-    b = load_text("gutenberg:7")
-    assert calls == ["https://www.gutenberg.org/cache/epub/7/pg7.txt"]
-    assert a.text == b.text == body.decode()
-    assert a.sha256 == hashlib.sha256(body).hexdigest()
-    assert a.origin.startswith(str(tmp_path / "cache" / "texts"))
-    assert not a.fallback
-
-
-def _failing_urlopen(request, timeout=None):
-    raise OSError("network unreachable")
-
-
-def test_default_download_failure_falls_back_loudly(tmp_path, monkeypatch, capsys):
-    from mechprobe.data import read_data_text
-
-    monkeypatch.setenv("MECHPROBE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv(corpus.TEXT_ENV, raising=False)
-    monkeypatch.setattr(urllib.request, "urlopen", _failing_urlopen)
-    src = load_text()
-    err = capsys.readouterr().err
-    assert "WARNING" in err and "gutenberg:32154" in err and "sample" in err
-    assert src.fallback and src.source == "gutenberg:32154"
-    assert src.text == read_data_text("sample_negation.txt")
-    assert src.sha256 == hashlib.sha256(src.text.encode()).hexdigest()
-    assert not list((tmp_path / "cache" / "texts").iterdir())  # nothing half-written
-
-
-def test_other_download_failure_is_user_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("MECHPROBE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(urllib.request, "urlopen", _failing_urlopen)
-    with pytest.raises(MechprobeError, match="could not download gutenberg:11"):
-        load_text("gutenberg:11")
-    with pytest.raises(MechprobeError, match="could not download"):
-        load_text("http://example.invalid/x.txt")
+        corpus_text.resolve_source("gutenberg:abc")
 
 
 def test_env_variable_names_default_text(tmp_path, monkeypatch):
     path = tmp_path / "env.txt"
     path.write_bytes(b"from the environment")
-    monkeypatch.setenv(corpus.TEXT_ENV, str(path))
+    monkeypatch.setenv(corpus_text.TEXT_ENV, str(path))
     src = load_text(None)
     assert src.text == "from the environment" and src.source == str(path)
     assert load_text(str(path)).sha256 == src.sha256

@@ -11,8 +11,16 @@ from scipy.stats import gaussian_kde
 
 from mechprobe.errors import MechprobeError
 from mechprobe.experiments import heads as heads_mod
-from mechprobe.experiments.heads import HeadsConfig, default_text, run_heads
+from mechprobe.experiments.heads import HeadsConfig, default_text
+from mechprobe.models.registry import model_shape
+from mechprobe.validate import relative_layer
 from tests.helpers import assert_close, assert_one_line_error, run_cli
+
+
+def run_heads(config, model, reference):
+    """Resolve the config against the model, then run E2 (as the runner does)."""
+    return heads_mod.run(heads_mod.resolve(config, model_shape(model)), model, reference)
+
 
 ISSUE_ARRAYS = (
     "q_mean",
@@ -120,14 +128,15 @@ def tiny_expected(tiny_model, tiny_reference):
 
 @pytest.fixture(scope="module")
 def tiny_result(tiny_model, tiny_reference):
-    return run_heads(HeadsConfig(model="tiny-gpt2"), model=tiny_model, reference=tiny_reference)
+    return run_heads(HeadsConfig(), tiny_model, tiny_reference)
 
 
 @pytest.mark.unit
-def test_defaults_middle_layer_and_text(tiny_result, tiny_expected):
+def test_defaults_course_layer_and_text(tiny_result, tiny_expected, tiny_model):
     s = tiny_result.summary
-    assert s["layer"] == 1 and s["n_layers"] == 2
-    assert s["text"] == default_text() and not s["text"].endswith("\n")
+    assert s["layer"] == 1 and s["n_layers"] == 2  # the course's layer 6 of 12 -> 1 of 2
+    config = heads_mod.resolve(HeadsConfig(), model_shape(tiny_model))
+    assert config.text == default_text() and not config.text.endswith("\n")
     assert s["n_tokens"] == tiny_expected["n_tokens"] == len(s["tokens"])
     assert s["hooks"]["rotary"] is False
 
@@ -186,11 +195,13 @@ def test_summary_statistics_match(tiny_result, tiny_expected):
         assert s["negative_fraction"][key] == pytest.approx((raw < 0).mean(), abs=1e-12)
         assert s["median"][key] == pytest.approx(np.median(raw), abs=1e-5)
         assert s["n_pairs"][key] == raw.size
-    expected_holds = all(
-        (tiny_expected[f"raw_{k}"] < 0).mean() > 0.5 and np.median(tiny_expected[f"raw_{k}"]) < 0
+    holds = {
+        k: (tiny_expected[f"raw_{k}"] < 0).mean() > 0.5 and np.median(tiny_expected[f"raw_{k}"]) < 0
         for k in ("same", "diff")
-    )
-    assert s["finding_holds"] is bool(expected_holds)
+    }
+    verdict = heads_mod.finding(tiny_result).verdict
+    want = "holds" if all(holds.values()) else "partly holds" if holds["same"] else "does not hold"
+    assert verdict == want
 
 
 @pytest.mark.unit
@@ -213,11 +224,7 @@ def test_parity_checks_reported_and_pass(tiny_result, tiny_expected):
 def test_custom_text_layer_and_bandwidth(tiny_model, tiny_reference):
     hf, tok = tiny_reference
     text = "The cat sat on the warm mat near the door."
-    res = run_heads(
-        HeadsConfig(model="tiny-gpt2", layer=0, text=text, bandwidth=0.3),
-        model=tiny_model,
-        reference=tiny_reference,
-    )
+    res = run_heads(HeadsConfig(layer=0, text=text, bandwidth=0.3), tiny_model, tiny_reference)
     q, k, _ = _hf_gpt2_qk(hf, _tokens(tok, text), 0)
     p = _softmax(q, k)
     n = q.shape[0]
@@ -235,9 +242,7 @@ def test_three_token_text_is_enough(tiny_model, tiny_reference):
     tok = tiny_reference[1]
     text = "The cat sat"
     assert _tokens(tok, text).shape[1] == 3
-    res = run_heads(
-        HeadsConfig(model="tiny-gpt2", text=text), model=tiny_model, reference=tiny_reference
-    )
+    res = run_heads(HeadsConfig(text=text), tiny_model, tiny_reference)
     assert res.arrays["raw_same"].shape == (4,) and res.arrays["raw_diff"].shape == (12,)
 
 
@@ -245,16 +250,19 @@ def test_three_token_text_is_enough(tiny_model, tiny_reference):
 @pytest.mark.parametrize(
     ("config", "fragment"),
     [
-        (HeadsConfig(model="tiny-gpt2", layer=2), "layer 2"),
-        (HeadsConfig(model="tiny-gpt2", layer=-3), "layer -3"),
-        (HeadsConfig(model="tiny-gpt2", text="Hello world"), "at least 3"),
-        (HeadsConfig(model="tiny-gpt2", text=""), "at least 3"),
-        (HeadsConfig(model="tiny-gpt2", bandwidth=-1.0), "bandwidth"),
+        (HeadsConfig(layer=2), "layer 2 is out of range"),
+        (HeadsConfig(layer=-3), "layer -3 is out of range"),
+        (HeadsConfig(text="Hello world"), "at least 3"),
+        (HeadsConfig(text=" "), "the text is empty"),
+        (HeadsConfig(bandwidth=-1.0), "bandwidth"),
+        (HeadsConfig(bandwidth=1e-300), "no finite density"),
+        (HeadsConfig(tolerance=float("nan")), "tolerance"),
+        (HeadsConfig(text="word " * 300), "more than the model's context of 256"),
     ],
 )
 def test_bad_input_raises(tiny_model, tiny_reference, config, fragment):
     with pytest.raises(MechprobeError, match=fragment):
-        run_heads(config, model=tiny_model, reference=tiny_reference)
+        run_heads(config, tiny_model, tiny_reference)
 
 
 # ---------------------------------------------------------------- CLI (unit)
@@ -276,9 +284,11 @@ def test_cli_end_to_end(tmp_path, monkeypatch, tiny_expected):
     assert_close(arrays["raw_same"], tiny_expected["raw_same"], atol=1e-5)
     assert_close(arrays["attn_self"], tiny_expected["attn_self"], atol=1e-6)
     summary = json.loads((dest / "summary.json").read_text())
-    for key in ("model", "layer", "text", "n_tokens", "negative_fraction", "median", "parity"):
+    for key in ("layer", "n_tokens", "negative_fraction", "median", "parity"):
         assert key in summary, key
-    assert summary["model"] == "tiny-gpt2" and summary["parity"]["passed"] is True
+    manifest = json.loads((dest / "manifest.json").read_text())
+    assert manifest["model"]["model"] == "tiny-gpt2" and summary["parity"]["passed"] is True
+    assert manifest["config"]["text"] == default_text() and manifest["config"]["layer"] == 1
     figs = {p.stem for p in (dest / "figures").glob("*.html")}
     assert figs >= {"qk_means", "qk_scatter", "raw_strip", "raw_hist", "attn_kde", "patterns"}
 
@@ -289,7 +299,8 @@ def test_cli_end_to_end(tmp_path, monkeypatch, tiny_expected):
     [
         (("--layer", "7"), ("layer 7", "out of range")),
         (("--text", "Hi"), ("at least 3",)),
-        (("--bandwidth", "wide"), ("bandwidth",)),
+        (("--bandwidth", "wide"), ("--bandwidth",)),
+        (("--layer", "7", "--bandwidth", "0"), ("--layer", "--bandwidth")),
     ],
 )
 def test_cli_bad_input_one_line_error(tmp_path, monkeypatch, argv, fragments):
@@ -302,8 +313,10 @@ def test_cli_bad_input_one_line_error(tmp_path, monkeypatch, argv, fragments):
 @pytest.mark.unit
 def test_cli_parity_failure_exits_nonzero(tmp_path, monkeypatch):
     monkeypatch.setenv("MECHPROBE_NO_PNG", "1")
-    real = heads_mod.masked_softmax
-    monkeypatch.setattr(heads_mod, "masked_softmax", lambda s, m: real(s, m) + 1e-3)
+    from mechprobe.stats import attention
+
+    real = attention.masked_softmax
+    monkeypatch.setattr(attention, "masked_softmax", lambda s, m: real(s, m) + 1e-3)
     code, _, err = run_cli("heads", "--model", "tiny-gpt2", "--out", str(tmp_path))
     assert code == 1
     assert "FAIL" in err and "softmax_vs_hook_pattern" in err
@@ -345,7 +358,7 @@ def _hf_llama_rot_qk(hf, tokens: torch.Tensor, layer: int):
 
 @pytest.fixture(scope="module")
 def smol_result(smol_model, smol_reference):
-    return run_heads(HeadsConfig(model="smollm2-135m"), model=smol_model, reference=smol_reference)
+    return run_heads(HeadsConfig(), smol_model, smol_reference)
 
 
 @pytest.mark.integration
@@ -353,11 +366,11 @@ def test_smol_grouped_query_pairing(smol_result, smol_reference):
     hf, tok = smol_reference
     s, a = smol_result.summary, smol_result.arrays
     layer, n = s["layer"], s["n_tokens"]
-    assert layer == 15 and s["n_heads"] == 9 and s["n_kv_heads"] == 3
+    assert layer == relative_layer(6, 30) == 16 and s["n_heads"] == 9 and s["n_kv_heads"] == 3
     assert s["hooks"]["rotary"] is True
     assert a["raw_same"].shape == (9 * (n - 2),)
     assert a["raw_diff"].shape == (9 * 2 * (n - 2),)
-    q, k, rq, rk, _ = _hf_llama_rot_qk(hf, _tokens(tok, s["text"]), layer)
+    q, k, rq, rk, _ = _hf_llama_rot_qk(hf, _tokens(tok, default_text()), layer)
     group = 9 // 3
     same, diff = [], []
     for h in range(9):
@@ -390,7 +403,7 @@ def test_smol_parity_and_softmax(smol_result, smol_reference):
         "hook_pattern_vs_hf_attentions",
     ):
         assert parity[key] <= 1e-5, key
-    *_, rq, rk, hf_attn = _hf_llama_rot_qk(hf, _tokens(tok, s["text"]), s["layer"])
+    *_, rq, rk, hf_attn = _hf_llama_rot_qk(hf, _tokens(tok, default_text()), s["layer"])
     p = _softmax(rq, np.repeat(rk, 3, axis=1))
     assert_close(a["pattern"], p, atol=1e-5)
     assert_close(a["pattern"], hf_attn, atol=1e-5)

@@ -7,16 +7,13 @@ import torch
 from torch import nn
 
 from mechprobe.errors import MechprobeError
-from mechprobe.experiments.replace import hidden_state_names, run_tl
+from mechprobe.hooks import hidden_state_names
 from mechprobe.interventions import (
     MLPNoise,
     ScaleOutput,
     ZeroHead,
     intervene,
     intervention_hooks,
-    parse_units,
-    resolve_positions,
-    resolve_units,
 )
 from mechprobe.reference import capture_reference
 from mechprobe.reference.arch import hf_arch
@@ -26,7 +23,8 @@ from mechprobe.reference.interventions import (
     run_reference,
     scale_block_hook,
 )
-from tests.helpers import assert_close
+from mechprobe.validate import parse_units, resolve_positions, resolve_units
+from tests.helpers import assert_close, run_tl
 
 TEXT = "My sister bought a bicycle at the market on Sunday."
 
@@ -60,14 +58,18 @@ def test_parse_units_forms():
     assert parse_units("10:20") == slice(10, 20, None)
     assert parse_units("1, 5,9") == (1, 5, 9)
     assert resolve_units(parse_units("::2"), 7) == [0, 2, 4, 6]
-    assert resolve_units([5, -1, 5], 8) == [5, 7]
+    assert resolve_units([5, 7, 5], 8) == [5, 7]
     assert resolve_positions(None, 3) == [0, 1, 2]
-    assert resolve_positions(-1, 11) == [10]
+    assert resolve_positions(10, 11) == [10]
     for bad in ("abc", "1:2:3:4", "1,x"):
-        with pytest.raises(MechprobeError, match="--mlp-units"):
+        with pytest.raises(MechprobeError, match="is not a slice"):
             parse_units(bad)
-    with pytest.raises(MechprobeError, match="step cannot be zero"):
+    with pytest.raises(MechprobeError, match="step must be positive"):
         parse_units("::0")
+    with pytest.raises(MechprobeError, match="never negative"):
+        parse_units("-3:")
+    with pytest.raises(MechprobeError, match="unit -1 is out of range"):
+        resolve_units([5, -1], 8)
 
 
 @pytest.mark.unit
@@ -80,15 +82,16 @@ def test_parse_units_forms():
         (ZeroHead(0, -1), "head -1 is out of range"),
         (ZeroHead(0, 0, "x"), "component"),
         (MLPNoise(5), "layer 5 is out of range"),
-        (MLPNoise(0, units=slice(5, 5)), "units"),
-        (MLPNoise(0, units=(999,)), "units 999 is out of range"),
-        (MLPNoise(0, units=()), "units"),
-        (MLPNoise(0, positions=()), "positions is empty"),
-        (MLPNoise(0, positions=(11,)), "positions 11 is out of range"),
-        (MLPNoise(0, std=-1.0), "std"),
-        (MLPNoise(0, mean=math.inf), "mean must be finite"),
-        (ScaleOutput(0, math.nan), "factor must be finite"),
-        (ScaleOutput(0, math.inf), "factor must be finite"),
+        (MLPNoise(0, units=slice(5, 5)), "selects no MLP unit"),
+        (MLPNoise(0, units=(999,)), "MLP unit 999 is out of range"),
+        (MLPNoise(0, units=()), "selects no MLP unit"),
+        (MLPNoise(0, positions=()), "selects no position"),
+        (MLPNoise(0, positions=(11,)), "position 11 is out of range"),
+        (MLPNoise(0, std=-1.0), "noise std must be in"),
+        (MLPNoise(0, mean=math.inf), "noise mean must be a finite number"),
+        (MLPNoise(0, seed=-1), "seed -1 is outside"),
+        (ScaleOutput(0, math.nan), "factor must be a finite number"),
+        (ScaleOutput(0, math.inf), "factor must be a finite number"),
         (ScaleOutput(7, 2.0), "layer 7 is out of range"),
     ],
 )
@@ -246,7 +249,7 @@ def test_hf_hook_order_matters_for_output_hidden_states(tiny_reference):
     toks = tokens_of(tok)
     with torch.inference_mode():
         base = hf(toks, output_hidden_states=True).hidden_states
-    handle = hf_arch(hf).blocks[0].register_forward_hook(scale_block_hook(10.0))  # appended
+    handle = hf_arch(hf).module(hf, "block", 0).register_forward_hook(scale_block_hook(10.0))  # appended
     try:
         with torch.inference_mode():
             late = hf(toks, output_hidden_states=True).hidden_states
@@ -288,7 +291,7 @@ def test_scale_hook_on_tuple_output_direct():
 @pytest.mark.unit
 def test_scale_hook_on_tuple_returning_module(tiny_reference):
     hf, tok = tiny_reference
-    block = hf_arch(hf).blocks[0]
+    block = hf_arch(hf).module(hf, "block", 0)
     with torch.inference_mode():
         x = hf.transformer.wte(tokens_of(tok)) + hf.transformer.wpe(torch.arange(11))[None]
         expected = block(x)
@@ -366,7 +369,7 @@ def test_scaling_last_block_is_hidden_by_the_final_norm_smollm2(smol_model, smol
 @pytest.mark.integration
 def test_gqa_head_ranges_smollm2(smol_model):
     ZeroHead(3, 8, "q").validate(smol_model)
-    with pytest.raises(MechprobeError, match="head 3 is out of range for K"):
+    with pytest.raises(MechprobeError, match=r"K head 3 is out of range \(0..2\)"):
         ZeroHead(3, 3, "k").validate(smol_model)
-    with pytest.raises(MechprobeError, match="units 1536 is out of range"):
+    with pytest.raises(MechprobeError, match="MLP unit 1536 is out of range"):
         MLPNoise(5, units=(1536,)).validate(smol_model)

@@ -10,16 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from mechprobe.corpus import decode_pieces, select_targets, tokenize_text
-from mechprobe.experiments.negation import (
-    NegationConfig,
-    cv_accuracy,
-    layer_figures,
-    run_negation,
-    significance_mask,
-    stratified_folds,
-)
+from mechprobe.corpus.targets import decode_pieces, select_targets, tokenize_text
+from mechprobe.experiments import negation as e1
+from mechprobe.experiments.negation import NegationConfig
+from mechprobe.models.registry import model_shape
+from mechprobe.stats.folds import cv_accuracy, stratified_folds
+from mechprobe.stats.probe import layer_summary, significance_mask
 from tests.helpers import assert_close, assert_one_line_error, run_cli
+
+
+def run_negation(config, model):
+    """Resolve the config against the model, then run E1 (as the runner does)."""
+    return e1.run(e1.resolve(config, model_shape(model)), model)
+
 
 PRE, POST = 90, 10
 N_PER_CLASS = 20
@@ -30,14 +33,9 @@ AFF |= {"shall", "should"}
 @pytest.fixture(scope="module")
 def neg_run(tiny_model, shared_text):
     config = NegationConfig(
-        model="tiny-gpt2",
-        text=str(shared_text),
-        max_samples=N_PER_CLASS,
-        cv=3,
-        save_activations=True,
-        device="cpu",
+        text=str(shared_text), max_samples=N_PER_CLASS, cv=3, save_activations=True
     )
-    return run_negation(config, model=tiny_model)
+    return run_negation(config, tiny_model)
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +210,7 @@ def test_layer_figures_nan_when_no_positive_significant_unit():
     mask = np.array([[True, True, False], [False, True, False]])
     conv = np.array([[True, True, True], [True, True, False]])
     sep = np.zeros_like(mask)
-    f = layer_figures(beta, acc, mask, conv, sep)
+    f = layer_summary(beta, acc, mask, conv, sep)
     assert f["percent_significant"].tolist() == pytest.approx([200 / 3, 100 / 3])
     assert f["mean_accuracy_sig_pos"][0] == pytest.approx(0.6)
     assert np.isnan(f["mean_accuracy_sig_pos"][1])
@@ -312,8 +310,7 @@ def test_figures_plot_the_summary_without_swapping_groups(neg_run):
 
 
 @pytest.mark.unit
-def test_cli_end_to_end(tmp_path, shared_text, monkeypatch):
-    monkeypatch.setenv("MECHPROBE_NO_PNG", "1")
+def test_cli_end_to_end(tmp_path, shared_text, tiny_cli):
     out = tmp_path / "out"
     code, stdout, err = run_cli(
         "negation",
@@ -345,9 +342,11 @@ def test_cli_end_to_end(tmp_path, shared_text, monkeypatch):
         assert np.all((acc >= 0) & (acc <= 1))
         assert f"{comp}_acts" not in arrays and f"{comp}_cv_accuracy" not in arrays
     s = json.loads((d / "summary.json").read_text())
-    assert s["model"] == "tiny-gpt2"
-    assert s["text_source"] == str(shared_text)
-    assert s["text_sha256"] == hashlib.sha256(shared_text.read_bytes()).hexdigest()
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert manifest["model"]["model"] == "tiny-gpt2"
+    assert s["text"]["source"] == str(shared_text)
+    sha = hashlib.sha256(shared_text.read_bytes()).hexdigest()
+    assert s["text"]["sha256"] == manifest["inputs"]["text"] == sha
     assert s["n_affirmation"] == s["n_negation"] == 40
     assert s["alpha"] == 0.05 and s["correction"] == "bonferroni"
     assert s["thresholds"]["qkv"]["p"][0] == pytest.approx(0.05 / 192)
@@ -357,20 +356,12 @@ def test_cli_end_to_end(tmp_path, shared_text, monkeypatch):
         assert set(r) >= {"qkv", "q", "k", "v", "mlp"}
         for g in ("qkv", "q", "k", "v", "mlp"):
             assert set(r[g]) >= {"percent_significant", "mean_accuracy", "mean_accuracy_sig_pos"}
-    assert s["timing_s"]["forward"] > 0 and s["timing_s"]["fit"] > 0 and s["peak_rss_mb"] > 0
+    assert s["timing_s"]["forward"] > 0 and s["timing_s"]["fit"] > 0
+    assert manifest["peak_rss_mb"] > 0 and manifest["wall_s"] > 0
     assert s["detail_layer"] == 1
     for name in ("laminar", "beta_by_unit", "volcano", "best_unit_probabilities"):
         assert (d / "figures" / f"{name}.html").is_file()
     assert (d / "figures" / "best_unit_heatmap.html").is_file()
-
-
-@pytest.fixture
-def fast_model(monkeypatch, tiny_model):
-    """Make the CLI reuse the session's tiny-gpt2 (bad-input tests need no fresh load)."""
-    import mechprobe.models
-
-    monkeypatch.setattr(mechprobe.models, "load_model", lambda *a, **k: tiny_model)
-    monkeypatch.setenv("MECHPROBE_NO_PNG", "1")
 
 
 def _neg(tmp_path, *argv):
@@ -378,7 +369,7 @@ def _neg(tmp_path, *argv):
 
 
 @pytest.mark.unit
-def test_cli_no_sample_of_a_class(tmp_path, fast_model):
+def test_cli_no_sample_of_a_class(tmp_path, tiny_cli):
     text = tmp_path / "neg_only.txt"
     text.write_text("I do not know why it is never there. " * 40)
     code, _, err = _neg(tmp_path, "--text", str(text))
@@ -389,7 +380,7 @@ def test_cli_no_sample_of_a_class(tmp_path, fast_model):
 
 
 @pytest.mark.unit
-def test_cli_text_too_short(tmp_path, fast_model):
+def test_cli_text_too_short(tmp_path, tiny_cli):
     text = tmp_path / "short.txt"
     text.write_text("We can not stay, and we do not go. " * 5)
     code, _, err = _neg(tmp_path, "--text", str(text))
@@ -397,17 +388,17 @@ def test_cli_text_too_short(tmp_path, fast_model):
 
 
 @pytest.mark.unit
-def test_cli_layer_out_of_range(tmp_path, fast_model, shared_text):
+def test_cli_layer_out_of_range(tmp_path, tiny_cli, shared_text):
     code, _, err = _neg(tmp_path, "--text", str(shared_text), "--layers", "0,5")
     assert_one_line_error(code, err, "layer 5", "out of range")
     code, _, err = _neg(tmp_path, "--text", str(shared_text), "--detail-layer", "7")
-    assert_one_line_error(code, err, "detail-layer 7")
+    assert_one_line_error(code, err, "--detail-layer: layer 7 is out of range")
     code, _, err = _neg(tmp_path, "--text", str(shared_text), "--layers", "zero")
     assert_one_line_error(code, err, "--layers")
 
 
 @pytest.mark.unit
-def test_cli_missing_file_and_bad_options(tmp_path, fast_model):
+def test_cli_missing_file_and_bad_options(tmp_path, tiny_cli):
     code, _, err = _neg(tmp_path, "--text", str(tmp_path / "missing.txt"))
     assert_one_line_error(code, err, "cannot read text file", "missing.txt")
     code, _, err = _neg(tmp_path, "--components", "qkv,attn")
@@ -429,14 +420,9 @@ def test_smollm2_units_match_hf_projections(smol_model, smol_reference, shared_t
     hf, tok = smol_reference
     layers = (0, 17)
     config = NegationConfig(
-        model="smollm2-135m",
-        text=str(shared_text),
-        layers=layers,
-        max_samples=4,
-        save_activations=True,
-        device="cpu",
+        text=str(shared_text), layers=layers, max_samples=4, save_activations=True
     )
-    res = run_negation(config, model=smol_model)
+    res = run_negation(config, smol_model)
     a, s = res.arrays, res.summary
     assert a["qkv_beta"].shape == (2, 960) and a["mlp_beta"].shape == (2, 1536)
     assert s["n_units"] == {"qkv": 960, "q": 576, "k": 192, "v": 192, "mlp": 1536}
@@ -450,7 +436,7 @@ def test_smollm2_units_match_hf_projections(smol_model, smol_reference, shared_t
     got: dict[str, torch.Tensor] = {}
     handles = []
     for i, L in enumerate(layers):
-        mods = {**arch.qkv_modules(L), "mlp": arch.mlp_in(L)}
+        mods = {**arch.qkv_modules(hf, L), "mlp": arch.module(hf, "mlp_in", L)}
         for name, mod in mods.items():
             handles.append(
                 mod.register_forward_hook(

@@ -6,36 +6,32 @@ import numpy as np
 import pytest
 import torch
 
-import mechprobe.models
+from mechprobe.experiments import replace as e4
 from mechprobe.experiments.replace import (
     ReplaceConfig,
     build_interventions,
     condition_names,
     default_text,
-    run_replace,
-    scaling_finding,
 )
 from mechprobe.interventions import MLPNoise, ScaleOutput, ZeroHead
+from mechprobe.models.registry import model_shape
 from mechprobe.plots.replace import figures
 from mechprobe.reference.arch import hf_arch
+from mechprobe.stats.logits import scaling_verdict
 from tests.helpers import assert_close, assert_one_line_error, run_cli
 
 TINY = {"head_layer": 1, "mlp_layer": 0, "scale_layer": 0}
 TINY_ARGS = ("--head-layer", "1", "--mlp-layer", "0", "--scale-layer", "0")
 
 
+def run_replace(config, model, reference):
+    """Resolve the config against the model, then run E4 (as the runner does)."""
+    return e4.run(e4.resolve(config, model_shape(model)), model, reference)
+
+
 @pytest.fixture(scope="module")
 def tiny_result(tiny_model, tiny_reference):
-    config = ReplaceConfig(model="tiny-gpt2", **TINY)
-    return run_replace(config, model=tiny_model, reference=tiny_reference)
-
-
-@pytest.fixture
-def fixture_models(monkeypatch, tiny_model, tiny_reference):
-    """Make the CLI reuse the session's tiny-gpt2 instead of loading it again."""
-    monkeypatch.setattr(mechprobe.models, "load_model", lambda *a, **k: tiny_model)
-    monkeypatch.setattr(mechprobe.models, "load_reference", lambda *a, **k: tiny_reference)
-    monkeypatch.setenv("MECHPROBE_NO_PNG", "1")
+    return run_replace(ReplaceConfig(**TINY), tiny_model, tiny_reference)
 
 
 def hf_hidden_at(hf, tokens, pos, hook=None):
@@ -59,7 +55,7 @@ def test_conditions_and_plan(tiny_model):
         "scale_0.1",
         "scale_10",
     ]
-    plan = build_interventions(ReplaceConfig(**TINY), tiny_model, n_tokens=11)
+    plan = build_interventions(e4.resolve(ReplaceConfig(**TINY), model_shape(tiny_model)))
     assert plan["zero_head"] == [ZeroHead(1, 2, "k")]
     noise = plan["mlp_noise"][0]
     assert isinstance(noise, MLPNoise) and noise.positions == (4,)
@@ -74,7 +70,7 @@ def test_arrays_against_hf(tiny_result, tiny_reference):
     text = default_text()
     ids = tok(text, add_special_tokens=False).input_ids
     tokens = torch.tensor([ids])
-    assert s["position_token"] == " bicycle" and s["text"] == text
+    assert s["position_token"] == " bicycle" and s["settings"]["text"] == text
     # baseline values and norms = HF's own hidden states at position 4
     base, base_logits = hf_hidden_at(hf, tokens, 4)
     assert a["baseline_values"].shape == (3, 64)
@@ -82,7 +78,7 @@ def test_arrays_against_hf(tiny_result, tiny_reference):
     assert_close(a["baseline_norm"], np.linalg.norm(base, axis=1), atol=1e-5)
     assert_close(a["baseline_std"], np.std(base, axis=1, ddof=1), atol=1e-5)
     # scale_10: a researcher's own hook on the HF block
-    block = hf_arch(hf).blocks[0]
+    block = hf_arch(hf).module(hf, "block", 0)
     scaled, scaled_logits = hf_hidden_at(hf, tokens, 4, (block, lambda m, i, o: o * 10.0))
     assert_close(a["scale_10_values"], scaled, atol=1e-4)
     assert_close(a["scale_10_norm"][1], 10 * np.linalg.norm(base[1]), atol=1e-4, rtol=1e-6)
@@ -123,46 +119,61 @@ def test_intervened_activations_for_check_plots(tiny_result):
 
 
 @pytest.mark.unit
-def test_scaling_finding_logic():
-    base = np.array([1.0, 2.0, 3.0, 4.0])
-    yes = scaling_finding(base, base * [1, 0.1, 0.2, 0.5], 1.0, 0.95, 0, 0.1)
+def test_scaling_verdict_logic():
+    yes = scaling_verdict(np.array([1, 0.1, 0.2, 0.5]), 0.95, 0, 0.1)
     assert yes["holds"] and yes["ratio_at_block"] == pytest.approx(0.1)
-    assert yes["ratio_last_block_output"] == pytest.approx(0.5)
-    no = scaling_finding(base, base * [1, 0.1, 0.05, 0.05], 1.0, 0.95, 0, 0.1)
-    assert not no["holds"]
-    up = scaling_finding(base, base * [1, 10, 8, 6], 1.0, 1.1, 0, 10.0)
-    assert up["holds"] and up["ratio_after_final_norm"] == pytest.approx(1.1)
-    flat = scaling_finding(base, base * [1, 10, 8, 6], 1.0, 9.0, 0, 10.0)
-    assert not flat["holds"]
+    assert not scaling_verdict(np.array([1, 0.1, 0.05, 0.05]), 0.95, 0, 0.1)["holds"]
+    overshoot = scaling_verdict(np.array([1, 0.1, 2.0, 1.5]), 0.95, 0, 0.1)
+    assert not overshoot["holds"] and "overshoot" in overshoot["text"]
+    assert scaling_verdict(np.array([1, 10, 8, 6]), 1.1, 0, 10.0)["holds"]
+    assert not scaling_verdict(np.array([1, 10, 8, 6]), 9.0, 0, 10.0)["holds"]
+
+
+@pytest.mark.unit
+def test_finding_reads_the_ratios(tiny_result):
+    a, s = tiny_result.arrays, tiny_result.summary
+    assert_close(a["scale_10_ratio"], a["scale_10_resid_norm"] / a["baseline_resid_norm"], atol=0)
+    finding = e4.finding(tiny_result)
+    holds = [
+        scaling_verdict(a[f"{n}_ratio"], s["conditions"][n]["ratio_after_final_norm"], 0, f)[
+            "holds"
+        ]
+        for n, f in s["scales"].items()
+    ]
+    want = "holds" if all(holds) else "partly holds" if any(holds) else "does not hold"
+    assert finding.verdict == want and "one sentence of 11 tokens" in finding.sample
 
 
 @pytest.mark.unit
 def test_figures(tiny_result):
     figs = figures(tiny_result)
-    assert set(figs) == {"check_qkv", "check_mlp", "scale_0.1", "scale_10", "norms"}
+    assert set(figs) == {"check_qkv", "check_mlp", "scaling", "norms"}
+    assert set(figs) == {f.name for f in e4.SPEC.figures}
     a = tiny_result.arrays
     qkv = figs["check_qkv"]
     assert np.array_equal(np.asarray(qkv.data[0].y), a["baseline_qkv"])
     assert sum(len(t.y) for t in qkv.data[1:]) == 192
-    scale = figs["scale_10"]
-    assert np.array_equal(np.asarray(scale.data[3].y), a["scale_10_norm"])
-    assert np.array_equal(np.asarray(scale.data[2].y), a["baseline_norm"])
+    norms = [t for t in figs["scaling"].data if t.name == "scaled norm"]  # one per factor
+    assert np.array_equal(np.asarray(norms[1].y), a["scale_10_norm"])
+    base = [t for t in figs["scaling"].data if t.name == "baseline norm"]
+    assert np.array_equal(np.asarray(base[0].y), a["baseline_norm"])
 
 
 @pytest.mark.unit
-def test_cli_writes_outputs(tmp_path, fixture_models):
+def test_cli_writes_outputs(tmp_path, tiny_cli):
     code, out, err = run_cli(
         "replace", "--model", "tiny-gpt2", "--out", str(tmp_path), *TINY_ARGS, "--scales", "0.5,4"
     )
     assert code == 0, (out, err)
     dest = tmp_path / "replace"
     summary = json.loads((dest / "summary.json").read_text())
-    assert summary["parity"]["passed"] and summary["config"]["scales"] == [0.5, 4.0]
+    manifest = json.loads((dest / "manifest.json").read_text())
+    assert summary["parity"]["passed"] and manifest["config"]["scales"] == [0.5, 4.0]
     with np.load(dest / "arrays.npz") as npz:
         for c in ("baseline", "zero_head", "mlp_noise", "scale_0.5", "scale_4"):
             assert npz[f"{c}_norm"].shape == (3,) and npz[f"{c}_std"].shape == (3,)
             assert npz[f"{c}_values"].shape == (3, 64)
-    for fig in ("check_qkv", "check_mlp", "scale_0.5", "scale_4", "norms"):
+    for fig in ("check_qkv", "check_mlp", "scaling", "norms"):
         assert (dest / "figures" / f"{fig}.html").is_file()
     assert "PASS" in out and "forward hook on GPT2Block" in out
     assert summary["block_output_explanation"] in out
@@ -172,20 +183,21 @@ def test_cli_writes_outputs(tmp_path, fixture_models):
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        ((), "--head-layer 3"),
-        (("--head-layer", "1", "--mlp-layer", "5", "--scale-layer", "0"), "--mlp-layer 5"),
-        (("--head-layer", "1", "--mlp-layer", "0"), "--scale-layer 8"),
-        ((*TINY_ARGS, "--head", "4"), "--head 4"),
-        ((*TINY_ARGS, "--position", "11"), "--position 11"),
+        (("--head-layer", "3"), "--head-layer: layer 3 is out of range (0..1)"),
+        (("--mlp-layer", "5", "--scale-layer", "-1"), "--mlp-layer: layer 5"),
+        (("--mlp-layer", "5", "--scale-layer", "-1"), "--scale-layer: layer -1"),
+        ((*TINY_ARGS, "--head", "4"), "--head: K head 4 is out of range (0..3)"),
+        ((*TINY_ARGS, "--position", "11"), "--position: position 11 is out of range"),
         ((*TINY_ARGS, "--mlp-units", "abc"), "--mlp-units"),
         ((*TINY_ARGS, "--mlp-units", "300:400"), "--mlp-units"),
         ((*TINY_ARGS, "--scales", "0.1,x"), "--scales"),
-        ((*TINY_ARGS, "--scales", "nan"), "--scales must be finite"),
+        ((*TINY_ARGS, "--scales", "nan"), "--scales: scale factor must be a finite number"),
         ((*TINY_ARGS, "--noise-std", "-1"), "--noise-std"),
+        ((*TINY_ARGS, "--seed", "99999999999999999999999"), "--seed: seed"),
         ((*TINY_ARGS, "--component", "z"), "--component"),
     ],
 )
-def test_cli_bad_arguments(tmp_path, fixture_models, args, fragment):
+def test_cli_bad_arguments(tmp_path, tiny_cli, args, fragment):
     code, _, err = run_cli("replace", "--model", "tiny-gpt2", "--out", str(tmp_path), *args)
     assert_one_line_error(code, err, fragment)
     assert not (tmp_path / "replace").exists()
@@ -193,13 +205,15 @@ def test_cli_bad_arguments(tmp_path, fixture_models, args, fragment):
 
 @pytest.mark.integration
 def test_replace_smollm2_defaults(smol_model, smol_reference):
-    res = run_replace(ReplaceConfig(), model=smol_model, reference=smol_reference)
+    res = run_replace(ReplaceConfig(), smol_model, smol_reference)
     s, a = res.summary, res.arrays
     assert s["parity"]["passed"], s["parity"]
     assert a["baseline_norm"].shape == (31,)
+    layer = s["settings"]["scale_layer"]
+    assert (s["settings"]["head_layer"], s["settings"]["mlp_layer"], layer) == (8, 13, 21)
     for name, f in (("scale_0.1", 0.1), ("scale_10", 10.0)):
-        ratio = a[f"{name}_resid_norm"][9] / a["baseline_resid_norm"][9]
+        ratio = a[f"{name}_resid_norm"][layer + 1] / a["baseline_resid_norm"][layer + 1]
         assert ratio == pytest.approx(f, rel=1e-5)
-        assert s["scaling_finding"][name]["ratio_at_block"] == pytest.approx(f, rel=1e-5)
+        assert a[f"{name}_ratio"][layer + 1] == pytest.approx(f, rel=1e-5)
     for name in ("zero_head", "mlp_noise", "scale_0.1", "scale_10"):
         assert s["conditions"][name]["kl_from_baseline"] > 0

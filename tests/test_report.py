@@ -1,3 +1,4 @@
+import html
 import json
 import os
 import shutil
@@ -6,6 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from mechprobe.experiments import registry
 from mechprobe.report.html import build_report, key_numbers
 from tests.helpers import run_cli
 
@@ -32,16 +34,31 @@ def test_key_numbers_flattens_scalars():
 
 
 @pytest.mark.unit
-def test_report_is_self_contained(tmp_path):
+def test_report_is_self_contained(tmp_path, tiny_cli):
     code, _, err = run_cli("crosscheck", "--model", "tiny-gpt2", "--out", str(tmp_path))
     assert code == 0, err
-    page = build_report(tmp_path, experiments=["crosscheck", "heads"], provenance={"model": "x"})
-    text = page.read_text()
+    text = build_report(tmp_path).read_text()
     assert "<script src=" not in text  # plotly.js is embedded, nothing is fetched
     assert "Plotly.newPlot" in text and "mp-figure" in text
-    assert "not run" in text  # heads was not run: said, not hidden
+    assert "Not run here:" in text and "E2: isolating attention heads" in text  # said, not hidden
     spec = json.loads((tmp_path / "crosscheck" / "figures" / "parity.json").read_text())
-    assert spec["data"][0]["type"] == "heatmap"
+    assert spec["data"][0]["type"] == "scatter" and spec["layout"]["yaxis"]["type"] == "log"
+    # the parity table: every check with its pass mark, the final norm and logits included
+    for check in ("hook_q", "pattern", "final_norm", "logits"):
+        assert f"<td>{check}</td>" in text
+    assert text.count("<span class='ok'>pass</span>") == 8
+
+
+@pytest.mark.unit
+def test_report_of_two_models_says_so(tmp_path, tiny_cli):
+    assert run_cli("heads", "--model", "tiny-gpt2", "--out", str(tmp_path))[0] == 0
+    manifest = tmp_path / "heads" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["model"] = {**data["model"], "model": "other-model"}
+    manifest.write_text(json.dumps(data))
+    assert run_cli("crosscheck", "--model", "tiny-gpt2", "--out", str(tmp_path))[0] == 0
+    text = (tmp_path / "index.html").read_text()
+    assert "holds results of 2 models (other-model, tiny-gpt2)" in text
 
 
 def _chromium(*args, timeout=180):
@@ -53,33 +70,44 @@ def _chromium(*args, timeout=180):
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, shared_text):
     out = tmp_path_factory.mktemp("all")
-    code, _, err = run_cli(
+    code, stdout, err = run_cli(
         "all", "--model", "tiny-gpt2", "--out", str(out), "--text", str(shared_text), "--no-png"
     )
     assert code == 0, err
-    return out
+    return out, stdout
 
 
 @pytest.mark.unit
-def test_all_writes_every_experiment_and_resume_skips(full_run, shared_text):
-    for step in ("crosscheck", "negation", "heads", "similarity", "replace"):
-        assert (full_run / step / "summary.json").is_file(), step
-        assert list((full_run / step / "figures").glob("*.json")), step
-    assert not list(full_run.rglob("*.tmp"))
-    before = (full_run / "heads" / "summary.json").stat().st_mtime_ns
+def test_all_writes_every_experiment_and_resume_reuses(full_run, shared_text):
+    out, stdout = full_run
+    for step in registry():
+        assert (out / step / "manifest.json").is_file(), step
+        assert (out / step / "figures" / "index.json").is_file(), step
+        assert step in stdout
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name or ".old-" in p.name]
+    before = (out / "heads" / "manifest.json").read_bytes()
     code, _, err = run_cli(
-        "all",
-        "--model",
-        "tiny-gpt2",
-        "--out",
-        str(full_run),
-        "--text",
-        str(shared_text),
-        "--no-png",
-        "--resume",
-    )
-    assert code == 0 and "skip" in err
-    assert (full_run / "heads" / "summary.json").stat().st_mtime_ns == before
+        "all", "--model", "tiny-gpt2", "--out", str(out), "--text", str(shared_text),
+        "--no-png", "--resume",
+    )  # fmt: skip
+    assert code == 0 and err.count("[reuse]") == len(registry()) and "[load]" not in err
+    assert (out / "heads" / "manifest.json").read_bytes() == before
+
+
+@pytest.mark.unit
+def test_report_shows_exactly_what_is_on_disk(full_run):
+    out, _ = full_run
+    text = (out / "index.html").read_text()
+    for step, spec in registry().items():
+        m = json.loads((out / step / "manifest.json").read_text())
+        assert f"<td>{step}</td><td>tiny-gpt2</td><td>{m['started']}</td>" in text  # timing table
+        assert spec.title in text
+        for fig in json.loads((out / step / "figures" / "index.json").read_text()):
+            assert fig["caption"] in html.unescape(text)
+        finding = out / step / "finding.json"
+        if finding.is_file():
+            verdict = json.loads(finding.read_text())["verdict"]
+            assert f"'>{verdict}</span>" in text
 
 
 @pytest.mark.unit
@@ -89,6 +117,7 @@ def test_report_renders_in_headless_chromium(full_run, tmp_path):
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed (.ci/run installs it)")
         pytest.skip("chromium not installed")
+    full_run, _ = full_run
     url = (full_run / "index.html").resolve().as_uri()
     profile = tmp_path / "profile"
     dom = _chromium(
@@ -100,7 +129,7 @@ def test_report_renders_in_headless_chromium(full_run, tmp_path):
     )
     assert dom.returncode == 0, dom.stderr[-2000:]
     html = dom.stdout
-    n_specs = len([p for p in full_run.glob("*/figures/*.json") if p.name != "order.json"])
+    n_specs = len([p for p in full_run.glob("*/figures/*.json") if p.name != "index.json"])
     assert f'data-figures-total="{n_specs}"' in html
     assert f'data-figures-rendered="{n_specs}"' in html, "not every figure rendered"
     assert "data-js-errors" not in html

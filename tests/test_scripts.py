@@ -21,20 +21,41 @@ def _script(name, *args, env=None, timeout=600):
 
 
 @pytest.mark.unit
-def test_reproduce_heads_on_tiny_gpt2(tmp_path):
-    res = _script("reproduce_heads.py", "--model", "tiny-gpt2", "--out", str(tmp_path))
-    assert res.returncode == 0, res.stderr[-2000:]
-    summary = json.loads((tmp_path / "heads" / "summary.json").read_text())
-    assert summary["model"] == "tiny-gpt2" and summary["layer"] == 1
+def test_reproduce_stops_offline_with_one_line(tmp_path):
+    res = _script("reproduce.py", "--out", str(tmp_path), env={"HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("reproduce: error: the course's models")
+    assert "--model smollm2-135m --text" in lines[0]
+    assert not any(tmp_path.iterdir())  # nothing ran, nothing written
+
+
+@pytest.mark.unit
+def test_reproduce_needs_text_with_another_model(tmp_path):
+    res = _script("reproduce.py", "--model", "smollm2-135m", "--out", str(tmp_path))
+    assert res.returncode == 2 and "negation reads a text: with --model give --text" in res.stderr
+
+
+@pytest.mark.unit
+def test_reproduce_keeps_the_course_layers(tmp_path):
+    res = _script("reproduce.py", "--model", "tiny-gpt2", "heads", "--out", str(tmp_path))
+    assert res.returncode == 2
+    assert "heads.layer: layer 6 is out of range (0..1)" in res.stderr  # no silent remapping
 
 
 @pytest.mark.integration
-def test_reproduce_falls_back_to_smollm2_offline(tmp_path):
-    res = _script("reproduce_heads.py", "--out", str(tmp_path), env={"HF_HUB_OFFLINE": "1"})
+def test_reproduce_course_settings_on_smollm2(tmp_path):
+    res = _script(
+        "reproduce.py", "heads", "replace", "--model", "smollm2-135m", "--out", str(tmp_path),
+        env={"MECHPROBE_NO_PNG": "1"},
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "falling back to the offline model smollm2-135m" in res.stderr
-    summary = json.loads((tmp_path / "heads" / "summary.json").read_text())
-    assert summary["model"] == "smollm2-135m" and summary["layer"] == 15
+    heads = json.loads((tmp_path / "smollm2-135m" / "heads" / "manifest.json").read_text())
+    replace = json.loads((tmp_path / "smollm2-135m" / "replace" / "manifest.json").read_text())
+    assert heads["config"]["layer"] == 6
+    cfg = replace["config"]
+    assert (cfg["head_layer"], cfg["mlp_layer"], cfg["scale_layer"], cfg["head"]) == (3, 5, 8, 2)
+    assert "course finding:" in res.stdout
 
 
 @pytest.mark.unit

@@ -10,14 +10,16 @@ import torch
 
 from mechprobe.data import read_data_text
 from mechprobe.errors import MechprobeError
-from mechprobe.experiments.similarity import (
+from mechprobe.corpus.sentences import encode_sentences
+from mechprobe.experiments import similarity as e3
+from mechprobe.experiments.result import ExperimentResult
+from mechprobe.experiments.similarity import SimilarityConfig
+from mechprobe.models.registry import model_shape
+from mechprobe.stats.cosine import (
     BLOCKS,
     HIST_EDGES,
-    SimilarityConfig,
     cosine_block_stats,
-    depth_finding,
-    encode_sentences,
-    run_similarity,
+    depth_profile,
     stream_similarity,
 )
 from mechprobe.units import QKVLayout
@@ -25,6 +27,11 @@ from tests.helpers import assert_close, assert_one_line_error, run_cli
 
 SENTENCES = [s for s in read_data_text("sentences_her.txt").splitlines() if s.strip()]
 TINY = QKVLayout(4, 4, 16)
+
+
+def run_similarity(config, model):
+    """Resolve the config against the model, then run E3 (as the runner does)."""
+    return e3.run(e3.resolve(config, model_shape(model)), model)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,7 +140,7 @@ def test_streaming_core_counts_exactly_on_hf_c_attn(tiny_reference, centre):
     tokens, t_idx, n_idx = reference_inputs(tok, SENTENCES)
     units = hf_qkv_units(hf, tokens, [t_idx, n_idx], [0, 1])
     got = stream_similarity(
-        (units[L] for L in (0, 1)), TINY, centre=centre, block_rows=37
+        (units[L] for L in (0, 1)), TINY.slices(), centre=centre, block_rows=37
     )  # an odd block size: blocks straddle nothing but split rows unevenly
     want = numpy_summary(units, TINY, centre=centre)
     sfx = "_centred" if centre else ""
@@ -157,7 +164,7 @@ def test_run_similarity_matches_hf_reference(tiny_model, tiny_reference):
     """End to end through TransformerLens hooks vs the HF c_attn output (float32 noise only)."""
     hf, tok = tiny_reference
     tokens, t_idx, n_idx = reference_inputs(tok, SENTENCES)
-    res = run_similarity(SimilarityConfig(model="tiny-gpt2"), model=tiny_model)
+    res = run_similarity(SimilarityConfig(), tiny_model)
     a = res.arrays
     np.testing.assert_array_equal(a["target_index"], t_idx)
     np.testing.assert_array_equal(a["nontarget_index"], n_idx)
@@ -201,7 +208,7 @@ def test_zero_norm_and_constant_units_are_excluded(block_rows):
     x[:, 9] = 3.5  # constant column: cosine defined, Pearson correlation not
     x[:, 13] = x[:, 2] * 2  # cosine exactly +1 with unit 2 (last bin, closed)
     for centre in (False, True):
-        got = cosine_block_stats(x, layout, centre=centre, block_rows=block_rows)
+        got = cosine_block_stats(x, layout.slices(), centre=centre, block_rows=block_rows)
         cos = numpy_cosines(x, layout, centre)
         for bi, b in enumerate(BLOCKS):
             np.testing.assert_array_equal(got["hist"][bi], np.histogram(cos[b], HIST_EDGES)[0])
@@ -220,11 +227,21 @@ def test_depth_finding_on_synthetic_layers():
     early = np.stack([scale * shared] * 2)
     late = rng.standard_normal((2, 54, TINY.n_units))  # cosines spread around 0
     layers = [early, early, late, late]
-    arrays = stream_similarity(iter(layers), TINY)
+
+    def verdict(stack):
+        arrays = stream_similarity(iter(stack), TINY.slices())
+        mean_abs, far = depth_profile(
+            arrays["n_pairs"][0], arrays["cos_mean_abs"][0], arrays["hist"][0]
+        )
+        arrays.update(depth_mean_abs=mean_abs, depth_far_share=far)
+        summary = {"layers": [0, 1, 2, 3], "n_sentences": 54, "target": " her"}
+        return arrays, e3.finding(ExperimentResult("similarity", arrays, summary))
+
+    arrays, finding = verdict(layers)
     assert np.all(arrays["cos_mean_abs"][:, :, :2] > 1 - 1e-9)
-    text, holds = depth_finding(arrays, [0, 1, 2, 3])
-    assert holds is True and "1.00 at layer 0" in text
-    assert depth_finding(stream_similarity(iter(layers[::-1]), TINY), [0, 1, 2, 3])[1] is False
+    assert arrays["depth_far_share"][0] == 1.0 and arrays["depth_mean_abs"][0] > 1 - 1e-9
+    assert finding.verdict == "holds" and "1.00 at layer 0" in finding.this_run
+    assert verdict(layers[::-1])[1].verdict == "does not hold"
 
 
 @pytest.mark.unit
@@ -299,14 +316,13 @@ def test_cli_writes_outputs(tmp_path, monkeypatch, tiny_reference):
 
 
 @pytest.mark.integration
-def test_grouped_query_shapes_smollm2(smol_model, smol_reference):
+def test_grouped_query_shapes_smollm2(smol_model, smol_reference, tmp_path):
     hf, tok = smol_reference
     layers = (0, 2)
     sents = SENTENCES[:16]
-    res = run_similarity(
-        SimilarityConfig(model="smollm2-135m", sentences=tuple(sents), layers=layers),
-        model=smol_model,
-    )
+    f = tmp_path / "sentences.txt"
+    f.write_text("\n".join(sents), encoding="utf-8")
+    res = run_similarity(SimilarityConfig(sentences=str(f), layers=layers), smol_model)
     a = res.arrays
     assert res.summary["n_units"] == {"q": 576, "k": 192, "v": 192}
     nq, nk = 576, 192

@@ -1,1 +1,1 @@
-"""The ``mechprobe`` command: a thin shell over the experiment functions."""
+"""The ``mechprobe`` command: its parser is generated from the experiment specs."""

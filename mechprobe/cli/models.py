@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 from mechprobe.models.registry import KNOWN_MODELS
 
 
@@ -20,22 +18,10 @@ def models_table() -> str:
     for m in KNOWN_MODELS.values():
         s = m.shape
         lines.append(
-            f"{m.name:<14}{'yes' if m.offline else 'no':>8}{s['n_layers']:>8}{s['d_model']:>9}"
-            f"{s['n_heads']:>7}{s['n_kv_heads']:>5}{s['d_head']:>8}{s['d_mlp']:>7}  {m.description}"
+            f"{m.name:<14}{'yes' if m.offline else 'no':>8}{s.n_layers:>8}{s.d_model:>9}"
+            f"{s.n_heads:>7}{s.n_kv_heads:>5}{s.d_head:>8}{s.d_mlp:>7}  {m.description}"
         )
     lines.append(
         "Any HuggingFace repo id or local model directory also works (hub ids need a network)."
     )
     return "\n".join(lines)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Print the table."""
-    print(models_table())
-    return 0
-
-
-def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Register ``models``."""
-    p = sub.add_parser("models", help="list known models and their shapes")
-    p.set_defaults(func=run)

@@ -7,8 +7,8 @@ straight from TransformerLens's hooks (no manual split of a fused projection):
   all values of tokens ``1:`` (first token excluded), pooled over the head's ``d_head`` dims.
   They come from ``hook_q`` / ``hook_k``, the projection outputs. On grouped-query models a
   key head serves several query heads: ``k_mean``/``k_std`` are given per *query* head (each
-  query head gets the numbers of the key/value head it attends with,
-  ``QKVLayout.kv_head_of``), and ``k_mean_kv``/``k_std_kv`` hold the ``[n_kv_heads]`` originals.
+  query head gets the numbers of the key/value head it attends with, `kv_head_of` in
+  `mechprobe.stats.attention`), and ``k_mean_kv``/``k_std_kv`` hold the ``[n_kv_heads]`` originals.
 * **Raw scores** (unscaled, unmasked), as the course defines them: the last token's query of
   head ``h`` dotted with the keys of head ``h'`` for tokens ``1 .. last-1``. Same-head pairs are
   ``h' = kv_head_of(h)`` (for GPT-2, ``h' = h``), every other key/value head is different.
@@ -30,30 +30,31 @@ head-major over tokens ``1..n-1``.
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-import einops
 import numpy as np
-import torch
-from jaxtyping import Bool, Float, Int
-from scipy.stats import gaussian_kde
-from torch import Tensor
 
-from mechprobe.errors import MechprobeError, check_index
 from mechprobe.experiments.result import ExperimentResult
-from mechprobe.hooks import hook_name
-from mechprobe.models.registry import model_shape
-from mechprobe.units import QKVLayout
+from mechprobe.experiments.spec import Course, Experiment, Figure, Finding, option, verdict_of
+from mechprobe.models.registry import ModelShape
+from mechprobe.validate import (
+    Problems,
+    check_bandwidth,
+    check_index,
+    check_tolerance,
+    parse_float,
+    parse_int,
+    relative_layer,
+)
 
 NAME = "heads"
 DEFAULT_TEXT_FILE = "heads_default.txt"
 KDE_POINTS = 300
-PARITY_TOLERANCE = 1e-5
 MIN_TOKENS = 3
-BANDWIDTH_RULES = ("scott", "silverman")
+#: The course dissects layer 6 of GPT-2 small's 12.
+COURSE_LAYER = 6
 
 
 def default_text() -> str:
@@ -73,296 +74,153 @@ class HeadsConfig:
     """Settings of the attention-head dissection.
 
     Attributes:
-        model: Model name (see ``mechprobe models``).
-        layer: Layer to dissect; None: the middle layer ``n_layers // 2``. Negative counts back.
+        layer: Layer to dissect; None: the course's layer 6 of 12 at the same relative depth.
         text: Text to run (no BOS); None: `default_text`.
-        bandwidth: ``gaussian_kde`` bandwidth: None or ``"scott"`` (default), ``"silverman"``,
-            or a positive factor.
-        device: Torch device (default CUDA if available, else CPU).
+        bandwidth: ``gaussian_kde`` bandwidth: None or ``"scott"``, ``"silverman"``, a factor.
         tolerance: Largest max-abs difference the parity checks allow.
 
     Example:
-        >>> HeadsConfig(model="tiny-gpt2", layer=1).bandwidth is None
-        True
+        >>> resolve(HeadsConfig(), model_shape(model)).layer  # tiny-gpt2: 2 layers
+        1
     """
 
-    model: str = "smollm2-135m"
-    layer: int | None = None
-    text: str | None = None
-    bandwidth: float | str | None = None
-    device: str | None = None
-    tolerance: float = PARITY_TOLERANCE
+    layer: int | None = option(
+        None,
+        "layer to dissect (default: the course's layer 6 of 12 at the same relative depth)",
+        parse=parse_int,
+    )
+    text: str | None = option(None, "text to run, no BOS (default: the shipped passage)")
+    bandwidth: float | str | None = option(
+        None, "KDE bandwidth: a positive factor, scott (default) or silverman", parse=str
+    )
+    tolerance: float = option(1e-5, "largest parity |diff| allowed (1e-5)", parse=parse_float)
 
 
-def check_bandwidth(bandwidth: float | str | None) -> float | str:
-    """Validate a KDE bandwidth: ``"scott"``, ``"silverman"`` or a positive number.
+def resolve(config: HeadsConfig, shape: ModelShape) -> HeadsConfig:
+    """Fill the layer and text defaults and validate every setting against the model's shape.
 
     Example:
-        >>> check_bandwidth(None), check_bandwidth("0.2")
-        ('scott', 0.2)
+        >>> resolve(HeadsConfig(layer=5), model_shape(model))
+        Traceback (most recent call last):
+        ...
+        mechprobe.errors.ConfigError: layer: layer 5 is out of range (0..1)
     """
-    if bandwidth is None:
-        return "scott"
-    if isinstance(bandwidth, str):
-        if bandwidth.lower() in BANDWIDTH_RULES:
-            return bandwidth.lower()
-        try:
-            bandwidth = float(bandwidth)
-        except ValueError:
-            raise MechprobeError(
-                f"bandwidth must be a positive number, 'scott' or 'silverman', got {bandwidth!r}"
-            ) from None
-    if not (math.isfinite(bandwidth) and bandwidth > 0):
-        raise MechprobeError(f"bandwidth must be a positive number, got {bandwidth!r}")
-    return float(bandwidth)
+    p = Problems()
+    layer = relative_layer(COURSE_LAYER, shape.n_layers) if config.layer is None else config.layer
+    layer = p.check("layer", check_index, layer, shape.n_layers, "layer")
+    bandwidth = p.check("bandwidth", check_bandwidth, config.bandwidth)
+    tolerance = p.check("tolerance", check_tolerance, config.tolerance)
+    text = default_text() if config.text is None else config.text
+    if not text.strip():
+        p.add("text", "the text is empty")
+    p.raise_if_any()
+    return replace(config, layer=layer, text=text, bandwidth=bandwidth, tolerance=tolerance)
 
 
-def tokenize(tokenizer: Any, text: str) -> Int[Tensor, "batch pos"]:
-    """Token ids of ``text`` without BOS, ``[1, pos]``; at least 3 tokens are required.
+def inputs(config: HeadsConfig) -> dict[str, str]:
+    """The sha256 of the text."""
+    from mechprobe.corpus.text import text_source
+
+    return {"text": text_source(config.text or default_text()).sha256}
+
+
+def tokenize(tokenizer: Any, text: str, n_ctx: int) -> Any:
+    """Token ids of ``text`` without BOS, ``[1, pos]``; 3 tokens at least, the context at most.
 
     Example:
-        >>> tokenize(model.tokenizer, default_text()).shape
+        >>> tokenize(tok, default_text(), 256).shape
         torch.Size([1, 34])
     """
+    import torch
+
+    from mechprobe.validate import check_context
+
     ids = tokenizer(text, add_special_tokens=False).input_ids
+    p = Problems()
     if len(ids) < MIN_TOKENS:
-        raise MechprobeError(
+        p.add(
+            "text",
             f"the text has {len(ids)} token(s); the head analysis needs at least {MIN_TOKENS} "
-            "(first token, at least one middle token, last token)"
+            "(first token, at least one middle token, last token)",
         )
+    p.check("text", check_context, len(ids), n_ctx)
+    p.raise_if_any()
     return torch.tensor([ids], dtype=torch.long)
 
 
-def head_stats(
-    x: Float[Tensor, "pos head d_head"],
-) -> tuple[Float[Tensor, " head"], Float[Tensor, " head"]]:
-    """Per-head mean and std (``ddof=1``) over tokens ``1:`` and all ``d_head`` dims.
-
-    Example:
-        >>> mean, std = head_stats(torch.randn(10, 4, 16))
-        >>> mean.shape, std.shape
-        (torch.Size([4]), torch.Size([4]))
-    """
-    rest = einops.rearrange(x[1:].double(), "pos head d_head -> head (pos d_head)")
-    return rest.mean(dim=-1), rest.std(dim=-1, correction=1)
-
-
-def expand_kv(
-    k: Float[Tensor, "pos kv_head d_head"], n_heads: int
-) -> Float[Tensor, "pos head d_head"]:
-    """Repeat each key/value head for the query heads that use it (identity without GQA).
-
-    Query head ``h`` gets key/value head ``h // (n_heads // n_kv_heads)``, as
-    `QKVLayout.kv_head_of`.
-
-    Example:
-        >>> expand_kv(torch.zeros(5, 3, 64), 9).shape
-        torch.Size([5, 9, 64])
-    """
-    group = n_heads // k.shape[1]
-    return einops.repeat(k, "pos kv_head d_head -> pos (kv_head group) d_head", group=group)
-
-
-def raw_scores(
-    q: Float[Tensor, "pos head d_head"], k: Float[Tensor, "pos kv_head d_head"]
-) -> Float[Tensor, "head kv_head pos"]:
-    """The course's raw scores: last query of each head against every key head's tokens 1..n-2.
-
-    Unscaled and unmasked; the ``pos`` axis of the result is tokens ``1 .. n-2``.
-
-    Example:
-        >>> raw_scores(torch.randn(6, 4, 16), torch.randn(6, 4, 16)).shape
-        torch.Size([4, 4, 4])
-    """
-    return einops.einsum(
-        q[-1].double(), k[1:-1].double(), "head d_head, pos kv_head d_head -> head kv_head pos"
-    )
-
-
-def same_head_mask(layout: QKVLayout) -> Bool[np.ndarray, "head kv_head"]:
-    """``mask[h, h']``: whether key/value head ``h'`` is the one query head ``h`` uses.
-
-    Example:
-        >>> same_head_mask(QKVLayout(9, 3, 64)).sum(axis=1)
-        array([1, 1, 1, 1, 1, 1, 1, 1, 1])
-    """
-    kv_of = np.array([layout.kv_head_of(h) for h in range(layout.n_heads)])
-    return kv_of[:, None] == np.arange(layout.n_kv_heads)[None, :]
-
-
-def split_same_diff(
-    raw: Float[np.ndarray, "head kv_head pos"], layout: QKVLayout
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pool raw scores into same-head and different-head pairs (1-D, orders as in the module doc).
-
-    Example:
-        >>> same, diff = split_same_diff(np.zeros((4, 4, 5)), QKVLayout(4, 4, 16))
-        >>> same.shape, diff.shape
-        ((20,), (60,))
-    """
-    mask = same_head_mask(layout)
-    return raw[mask].reshape(-1), raw[~mask].reshape(-1)
-
-
-def causal_mask(n_pos: int) -> Bool[Tensor, "q_pos k_pos"]:
-    """True where a query may attend to a key (key position <= query position).
-
-    Example:
-        >>> causal_mask(3).sum().item()
-        6
-    """
-    return torch.tril(torch.ones(n_pos, n_pos, dtype=torch.bool))
-
-
-def scaled_scores(
-    q: Float[Tensor, "pos head d_head"], k: Float[Tensor, "pos head d_head"]
-) -> Float[Tensor, "head q_pos k_pos"]:
-    """``q k^T / sqrt(d_head)`` per head, unmasked, in the activations' dtype.
-
-    Example:
-        >>> scaled_scores(torch.randn(5, 4, 16), torch.randn(5, 4, 16)).shape
-        torch.Size([4, 5, 5])
-    """
-    scores = einops.einsum(q, k, "q_pos head d_head, k_pos head d_head -> head q_pos k_pos")
-    return scores / math.sqrt(q.shape[-1])
-
-
-def masked_softmax(
-    scores: Float[Tensor, "head q_pos k_pos"], mask: Bool[Tensor, "q_pos k_pos"]
-) -> Float[Tensor, "head q_pos k_pos"]:
-    """Softmax over keys with disallowed entries set to ``-inf``.
-
-    Example:
-        >>> masked_softmax(torch.zeros(1, 2, 2), causal_mask(2))[0, 0].tolist()
-        [1.0, 0.0]
-    """
-    return scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-
-
-def kde_curve(
-    values: np.ndarray, grid: np.ndarray, bandwidth: float | str = "scott"
-) -> tuple[np.ndarray, float]:
-    """A max-normalised ``gaussian_kde`` of ``values`` on ``grid`` and its bandwidth factor.
-
-    Degenerate data (fewer than two values, or all equal) has no KDE: NaNs and NaN factor.
-
-    Example:
-        >>> curve, factor = kde_curve(np.random.rand(50), np.linspace(0, 1, 300))
-        >>> float(curve.max())
-        1.0
-    """
-    values = np.asarray(values, dtype=np.float64)
-    if values.size < 2 or np.ptp(values) == 0:
-        return np.full(grid.shape, np.nan), float("nan")
-    kde = gaussian_kde(values, bw_method=bandwidth)
-    density = kde(grid)
-    return density / density.max(), float(kde.factor)
-
-
-def _finite(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
-def _maxdiff(a: Tensor, b: Tensor) -> float:
-    return (a.detach().double().cpu() - b.detach().double().cpu()).abs().max().item()
-
-
-def run_heads(config: HeadsConfig, *, model: Any = None, reference: Any = None) -> ExperimentResult:
+def run(config: HeadsConfig, model: Any, reference: Any) -> ExperimentResult:
     """Dissect the attention heads of one layer on one text (see the module docstring).
 
     Args:
-        config: The settings.
-        model: A loaded TransformerLens bridge (loaded from ``config.model`` if None).
-        reference: A loaded HF reference ``(hf_model, tokenizer)`` with eager attention, used for
-            the ``output_attentions`` parity check (loaded if None).
+        config: The settings, resolved (`resolve`).
+        model: A TransformerLens bridge.
+        reference: The independent HF ``(model, tokenizer)`` with eager attention, for the
+            ``output_attentions`` parity check.
 
     Returns:
-        ``ExperimentResult("heads", arrays, summary)``. ``summary["parity"]["passed"]`` says
-        whether all parity checks are within ``config.tolerance``.
-
-    Raises:
-        MechprobeError: Layer out of range, a text of fewer than 3 tokens, a bad bandwidth.
+        ``ExperimentResult("heads")``; ``summary["parity"]["passed"]`` says whether every
+        parity check is within ``config.tolerance``.
 
     Example:
-        >>> res = run_heads(HeadsConfig(model="tiny-gpt2"))
+        >>> res = run(resolve(HeadsConfig(), model_shape(model)), model, (hf, tok))
         >>> res.arrays["q_mean"].shape, res.summary["parity"]["passed"]
         ((4,), True)
     """
+    import torch
+
     from mechprobe.activations import collect
-    from mechprobe.models import load_model, load_reference
+    from mechprobe.experiments.crosscheck import max_abs_diff, within
+    from mechprobe.hooks import hook_name
+    from mechprobe.models.registry import model_shape
     from mechprobe.reference import capture_reference
+    from mechprobe.stats import attention as att
 
     start = time.perf_counter()
-    bandwidth = check_bandwidth(config.bandwidth)
-    model = model if model is not None else load_model(config.model, device=config.device)
     shape = model_shape(model)
-    layer = shape.n_layers // 2 if config.layer is None else config.layer
-    layer = check_index("layer", layer, shape.n_layers, f"{config.model}'s {shape.n_layers} layers")
-    text = default_text() if config.text is None else config.text
-    tokens = tokenize(model.tokenizer, text)
-    hf, _ = (
-        reference if reference is not None else load_reference(config.model, device=config.device)
-    )
-    layout = QKVLayout(shape.n_heads, shape.n_kv_heads, shape.d_head)
-
-    def name(point: str) -> str:
-        return hook_name(layer, f"attn.{point}")
-
-    rotary = name("hook_rot_q") in model.hook_dict and name("hook_rot_k") in model.hook_dict
-    q_point, k_point = ("hook_rot_q", "hook_rot_k") if rotary else ("hook_q", "hook_k")
-    points = dict.fromkeys(
-        ["hook_q", "hook_k", q_point, k_point, "hook_attn_scores", "hook_pattern"]
-    )
-    collected = collect(model, tokens, [name(p) for p in points], desc="heads")
-    acts = {p: collected[name(p)][0] for p in points}
+    layer = config.layer
+    tokens = tokenize(model.tokenizer, config.text, shape.n_ctx)
+    rotary = all(hook_name(layer, p) in model.hook_dict for p in ("rot_q", "rot_k"))
+    q_point, k_point = ("rot_q", "rot_k") if rotary else ("q", "k")
+    points = list(dict.fromkeys(["q", "k", q_point, k_point, "scores", "pattern"]))
+    got = collect(model, tokens, [hook_name(layer, p) for p in points], progress=False)
+    acts = {p: got[hook_name(layer, p)][0] for p in points}
 
     # Per-head statistics of the projection outputs (pre-rotary), tokens 1:.
-    q_mean, q_std = head_stats(acts["hook_q"])
-    k_mean_kv, k_std_kv = head_stats(acts["hook_k"])
-    kv_of = torch.tensor([layout.kv_head_of(h) for h in range(shape.n_heads)])
+    q_mean, q_std = att.head_stats(acts["q"])
+    k_mean_kv, k_std_kv = att.head_stats(acts["k"])
+    kv_of = torch.from_numpy(att.kv_head_of(shape.n_heads, shape.n_kv_heads))
 
     # Raw scores from the queries/keys attention really uses (rotated on rotary models).
     q_att, k_att = acts[q_point], acts[k_point]
-    raw = raw_scores(q_att, k_att).numpy()
-    raw_same, raw_diff = split_same_diff(raw, layout)
+    raw = att.raw_scores(q_att, k_att).numpy()
+    raw_same, raw_diff = att.split_same_diff(raw)
 
     # Scaled, masked softmax in the model's dtype, and the parity checks.
-    n_pos = tokens.shape[1]
-    mask = causal_mask(n_pos)
-    scores = scaled_scores(q_att, expand_kv(k_att, shape.n_heads))
-    pattern = masked_softmax(scores, mask)
-    ref = capture_reference(hf, tokens, layers=[layer])
-    hf_attn = ref["attentions"][layer][0].detach().cpu()
+    mask = att.causal_mask(tokens.shape[1])
+    scores = att.scaled_scores(q_att, att.expand_kv(k_att, shape.n_heads))
+    pattern = att.masked_softmax(scores, mask)
+    hf_attn = capture_reference(reference[0], tokens, layers=[layer])["attentions"][layer][0]
     parity = {
-        "scores_vs_hook_attn_scores": _maxdiff(scores[:, mask], acts["hook_attn_scores"][:, mask]),
-        "softmax_vs_hook_pattern": _maxdiff(pattern, acts["hook_pattern"]),
-        "softmax_vs_hf_attentions": _maxdiff(pattern, hf_attn),
-        "hook_pattern_vs_hf_attentions": _maxdiff(acts["hook_pattern"], hf_attn),
+        "scores_vs_hook_attn_scores": max_abs_diff(scores[:, mask], acts["scores"][:, mask]),
+        "softmax_vs_hook_pattern": max_abs_diff(pattern, acts["pattern"]),
+        "softmax_vs_hf_attentions": max_abs_diff(pattern, hf_attn),
+        "hook_pattern_vs_hf_attentions": max_abs_diff(acts["pattern"], hf_attn),
     }
-    passed = all(d <= config.tolerance for d in parity.values())
+    ok = all(within(d, config.tolerance) for d in parity.values())
 
     pattern_np = pattern.double().numpy()
-    attn_final_to_prev = pattern_np[:, -1, :-1].reshape(-1)
-    attn_self = np.diagonal(pattern_np, axis1=1, axis2=2)[:, 1:].reshape(-1)
+    final_to_prev = pattern_np[:, -1, :-1].reshape(-1)
+    self_attn = np.diagonal(pattern_np, axis1=1, axis2=2)[:, 1:].reshape(-1)
     first_self = pattern_np[:, 0, 0]
-
     grid = np.linspace(0.0, 1.0, KDE_POINTS)
-    kde_final, factor_final = kde_curve(attn_final_to_prev, grid, bandwidth)
-    kde_self, factor_self = kde_curve(attn_self, grid, bandwidth)
     raw_all = np.concatenate([raw_same, raw_diff])
     raw_grid = np.linspace(raw_all.min(), raw_all.max(), KDE_POINTS)
-    kde_raw_same, factor_same = kde_curve(raw_same, raw_grid, bandwidth)
-    kde_raw_diff, factor_diff = kde_curve(raw_diff, raw_grid, bandwidth)
-
-    def neg(x: np.ndarray) -> float:
-        return float((x < 0).mean()) if x.size else float("nan")
-
-    def med(x: np.ndarray) -> float:
-        return float(np.median(x)) if x.size else float("nan")
-
-    frac = {"same": neg(raw_same), "diff": neg(raw_diff)}
-    median = {"same": med(raw_same), "diff": med(raw_diff)}
-    holds = all(f > 0.5 for f in frac.values()) and all(m < 0 for m in median.values())
+    kdes = {
+        "final_to_prev": att.kde_curve(final_to_prev, grid, config.bandwidth),
+        "self": att.kde_curve(self_attn, grid, config.bandwidth),
+        "raw_same": att.kde_curve(raw_same, raw_grid, config.bandwidth),
+        "raw_diff": att.kde_curve(raw_diff, raw_grid, config.bandwidth),
+    }
     arrays = {
         "q_mean": q_mean.numpy(),
         "q_std": q_std.numpy(),
@@ -373,65 +231,189 @@ def run_heads(config: HeadsConfig, *, model: Any = None, reference: Any = None) 
         "raw_scores": raw,
         "raw_same": raw_same,
         "raw_diff": raw_diff,
-        "attn_final_to_prev": attn_final_to_prev,
-        "attn_self": attn_self,
+        "attn_final_to_prev": final_to_prev,
+        "attn_self": self_attn,
         "attn_first_self": first_self,
         "pattern": pattern_np,
         "kde_grid": grid,
-        "kde_final_to_prev": kde_final,
-        "kde_self": kde_self,
+        "kde_final_to_prev": kdes["final_to_prev"][0],
+        "kde_self": kdes["self"][0],
         "raw_kde_grid": raw_grid,
-        "kde_raw_same": kde_raw_same,
-        "kde_raw_diff": kde_raw_diff,
+        "kde_raw_same": kdes["raw_same"][0],
+        "kde_raw_diff": kdes["raw_diff"][0],
     }
+    frac = {"same": _negative(raw_same), "diff": _negative(raw_diff)}
+    median = {"same": _median(raw_same), "diff": _median(raw_diff)}
     summary = {
-        "model": config.model,
         "layer": layer,
         "n_layers": shape.n_layers,
         "n_heads": shape.n_heads,
         "n_kv_heads": shape.n_kv_heads,
         "d_head": shape.d_head,
-        "text": text,
-        "n_tokens": n_pos,
+        "n_tokens": int(tokens.shape[1]),
         "tokens": [model.tokenizer.decode([t]) for t in tokens[0].tolist()],
         "hooks": {
-            "stats": [name("hook_q"), name("hook_k")],
-            "scores": [name(q_point), name(k_point)],
+            "stats": [hook_name(layer, "q"), hook_name(layer, "k")],
+            "scores": [hook_name(layer, q_point), hook_name(layer, k_point)],
             "rotary": rotary,
         },
         "stats_ddof": 1,
         "k_stats_per_query_head": "k_mean/k_std[h] = k_mean_kv/k_std_kv[kv_head_of(h)]",
         "n_pairs": {"same": int(raw_same.size), "diff": int(raw_diff.size)},
-        "negative_fraction": {k: _finite(v) for k, v in frac.items()},
-        "median": {k: _finite(v) for k, v in median.items()},
-        "finding": "raw scores shift negative: most raw scores (same and different heads) are "
-        "below zero and both medians are negative",
-        "finding_holds": bool(holds),
+        "negative_fraction": frac,
+        "median": median,
         "first_token_self_attention_max_dev": float(np.abs(first_self - 1.0).max()),
-        "bandwidth": bandwidth,
-        "bandwidth_factor": {
-            "final_to_prev": _finite(factor_final),
-            "self": _finite(factor_self),
-            "raw_same": _finite(factor_same),
-            "raw_diff": _finite(factor_diff),
-        },
-        "parity": {**parity, "tolerance": config.tolerance, "passed": bool(passed)},
+        "bandwidth": config.bandwidth,
+        "bandwidth_factor": {k: _finite(v[1]) for k, v in kdes.items()},
+        "parity": {**parity, "tolerance": config.tolerance, "passed": ok},
         "wall_s": round(time.perf_counter() - start, 3),
     }
     return ExperimentResult(NAME, arrays, summary)
 
 
-def parity_failures(result: ExperimentResult) -> list[str]:
-    """The parity checks of a heads result that exceed its tolerance, as ``name=value`` strings.
+def _negative(x: np.ndarray) -> float | None:
+    return float((x < 0).mean()) if x.size else None
 
-    Example:
-        >>> parity_failures(run_heads(HeadsConfig(model="tiny-gpt2")))
-        []
+
+def _median(x: np.ndarray) -> float | None:
+    return float(np.median(x)) if x.size else None
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def _claim_holds(frac: float | None, median: float | None) -> bool | None:
+    """Most raw scores below zero and a negative median (None: no such pairs)."""
+    if frac is None or median is None:
+        return None
+    return frac > 0.5 and median < 0
+
+
+def finding(result: ExperimentResult) -> Finding:
+    """The course's claim on raw scores against this run's same- and different-head pairs.
+
+    Holds when both pair kinds are mostly negative with negative medians; partly holds when
+    only the same-head pairs (a query head with the key head it really uses) are.
     """
-    parity = result.summary["parity"]
-    tol = parity["tolerance"]
+    s = result.summary
+    f, m = s["negative_fraction"], s["median"]
+    same, diff = (_claim_holds(f[k], m[k]) for k in ("same", "diff"))
+    verdict = verdict_of(bool(same and (diff is None or diff)), partly=bool(same))
+
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.1%}"
+
+    def num(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.3g}"
+
+    return Finding(
+        claim="Raw QK scores shift strongly negative (most are below zero), which is what "
+        "makes softmax attention sparse.",
+        this_run=f"Layer {s['layer']}: same-head pairs {pct(f['same'])} negative (median "
+        f"{num(m['same'])}); different-head pairs {pct(f['diff'])} negative (median "
+        f"{num(m['diff'])}).",
+        verdict=verdict,
+        key=f"same-head {pct(f['same'])} negative",
+        sample=f"{s['n_pairs']['same']} same-head and {s['n_pairs']['diff']} different-head "
+        f"pairs from one text of {s['n_tokens']} tokens, layer {s['layer']}",
+    )
+
+
+def checks(result: ExperimentResult) -> list[dict[str, Any]]:
+    """The parity checks (manual scores and softmax against TL hooks and HF), pass/fail."""
+    from mechprobe.experiments.crosscheck import within
+
+    p = result.summary["parity"]
     return [
-        f"{k}={v:.3e}"
-        for k, v in parity.items()
-        if k not in ("tolerance", "passed") and not v <= tol
+        {"check": k, "where": f"layer {result.summary['layer']}", "value": v,
+         "tolerance": p["tolerance"], "passed": within(v, p["tolerance"])}
+        for k, v in p.items()
+        if k not in ("tolerance", "passed")
+    ]  # fmt: skip
+
+
+def passed(result: ExperimentResult) -> bool:
+    """Whether every parity check is within the tolerance."""
+    return bool(result.summary["parity"]["passed"])
+
+
+def table(result: ExperimentResult) -> str:
+    """The text printed after a run: raw-score statistics and the parity checks."""
+    s = result.summary
+    frac, med, n = s["negative_fraction"], s["median"], s["n_pairs"]
+
+    def fmt(x: float | None, spec: str) -> str:
+        return "n/a" if x is None else format(x, spec)
+
+    lines = [
+        f"layer {s['layer']} of {s['n_layers']}, {s['n_tokens']} tokens, {s['n_heads']} heads / "
+        f"{s['n_kv_heads']} kv heads (scores from "
+        f"{', '.join(h.rsplit('.', 1)[1] for h in s['hooks']['scores'])})",
+        f"{'raw scores':<18}{'pairs':>8}{'negative':>10}{'median':>12}",
     ]
+    for key, label in (("same", "same head"), ("diff", "different heads")):
+        lines.append(f"{label:<18}{n[key]:>8}{fmt(frac[key], '.1%'):>10}{fmt(med[key], '.4g'):>12}")
+    p = s["parity"]
+    for key in (k for k in p if k not in ("tolerance", "passed")):
+        mark = "ok" if p[key] <= p["tolerance"] else "FAIL"
+        lines.append(f"parity {key:<32}{p[key]:>11.3e}  {mark}")
+    return "\n".join(lines)
+
+
+SPEC = Experiment(
+    name=NAME,
+    title="E2: isolating attention heads",
+    help="E2: dissect one layer's attention heads: Q/K statistics, raw scores, softmax weights",
+    config=HeadsConfig,
+    run=run,
+    resolve=resolve,
+    inputs=inputs,
+    figures=(
+        Figure(
+            "raw_hist",
+            "Raw attention scores: same vs different heads",
+            "Distribution of the last token's raw query-key dot products with earlier tokens, "
+            "for a query head with its own key head (blue) and with the other key heads (red). "
+            "Mass left of the dashed zero line is what the course's claim is about.",
+        ),
+        Figure(
+            "raw_strip",
+            "Raw attention scores, every pair",
+            "Every raw score as a dot, same-head pairs left and different-head pairs right; "
+            "the dashed line is zero.",
+        ),
+        Figure(
+            "attn_kde",
+            "Softmax attention weights",
+            "Density (max = 1) of the final token's softmax weights on the previous tokens and "
+            "of each token's weight on itself: mass near 0 with a few weights near 1 is sparse "
+            "attention.",
+        ),
+        Figure(
+            "patterns",
+            "Attention pattern of every head",
+            "One heatmap per query head: rows are query tokens, columns key tokens, colour the "
+            "softmax weight (0 to 1). A bright first column is attention to the first token.",
+        ),
+        Figure(
+            "qk_means",
+            "Q and K per head",
+            "Mean of each head's query and key values over tokens 1: with one standard "
+            "deviation as error bars; on grouped-query models each query head shows the key "
+            "head it uses.",
+        ),
+        Figure(
+            "qk_scatter",
+            "Q against K per head",
+            "Each labelled point is a head: query against key mean (left) and standard "
+            "deviation (right).",
+        ),
+    ),
+    table=table,
+    finding=finding,
+    passed=passed,
+    checks=checks,
+    needs_reference=True,
+    course=Course(model="gpt2", overrides={"layer": COURSE_LAYER}),
+)

@@ -47,7 +47,8 @@ def load_reference(
     attention so that ``output_attentions`` works.
 
     Args:
-        name: ``smollm2-135m``, ``tiny-gpt2``, ``gpt2``..``gpt2-xl``, a hub id or a local directory.
+        name: ``smollm2-135m``, ``gemma3-270m``, ``tiny-gpt2``, ``gpt2``..``gpt2-xl``, a hub id
+            or a local directory (safetensors only).
         device: Torch device; default CUDA if available, else CPU.
         dtype: Parameter dtype.
 
@@ -76,8 +77,9 @@ def load_model(
     ``blocks.L.mlp.hook_pre/hook_post``, ``blocks.L.hook_resid_pre/mid/post``.
 
     Args:
-        name: ``smollm2-135m`` (default, offline), ``tiny-gpt2`` (offline, random weights),
-            ``gpt2``..``gpt2-xl``, a hub id or a local directory.
+        name: ``smollm2-135m`` (default, offline), ``gemma3-270m`` (offline),
+            ``tiny-gpt2`` (offline, random weights), ``gpt2``..``gpt2-xl``, a hub id or a local
+            directory (safetensors only).
         device: Torch device; default CUDA if available, else CPU.
         dtype: Parameter dtype.
 
@@ -95,6 +97,8 @@ def load_model(
     dev = resolve_device(device)
     hf, tok = hf_pair(name)
     hf = _prepare(hf, dev, dtype)
+    if not getattr(hf.config, "architectures", None):  # GGUF configs may leave it empty
+        hf.config.architectures = [type(hf).__name__]
     quiet = io.StringIO()
     logging.getLogger("transformer_lens").setLevel(logging.ERROR)
     with contextlib.redirect_stdout(quiet):

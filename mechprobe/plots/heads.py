@@ -10,10 +10,12 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-SAME_COLOR = "#1f77b4"
-DIFF_COLOR = "#d62728"
-Q_COLOR = "#2ca02c"
-K_COLOR = "#9467bd"
+from mechprobe.plots.theme import COLOURS, SEQUENTIAL, TEMPLATE, show_token
+
+SAME_COLOR = COLOURS["class0"]
+DIFF_COLOR = COLOURS["class1"]
+Q_COLOR = COLOURS["q"]
+K_COLOR = COLOURS["k"]
 
 
 def qk_means_figure(
@@ -45,7 +47,7 @@ def qk_means_figure(
         title=title or "Q and K per head (tokens 1:)",
         xaxis={"title": "head", "tickmode": "array", "tickvals": heads},
         yaxis_title="activation",
-        template="plotly_white",
+        template=TEMPLATE,
     )
     return fig
 
@@ -76,7 +78,7 @@ def qk_scatter_figure(
         )
         fig.update_xaxes(title_text="Q", row=1, col=col)
         fig.update_yaxes(title_text="K", row=1, col=col)
-    fig.update_layout(title=title or "Q vs K per head", template="plotly_white")
+    fig.update_layout(title=title or "Q vs K per head", template=TEMPLATE)
     return fig
 
 
@@ -108,7 +110,7 @@ def raw_strip_figure(raw_same: np.ndarray, raw_diff: np.ndarray, title: str = ""
         title=title or "Raw attention scores (last query vs keys 1..n-2)",
         yaxis_title="raw score q·k",
         showlegend=False,
-        template="plotly_white",
+        template=TEMPLATE,
     )
     return fig
 
@@ -158,7 +160,7 @@ def raw_hist_figure(
         barmode="overlay",
         xaxis_title="raw score q·k",
         yaxis_title="density",
-        template="plotly_white",
+        template=TEMPLATE,
     )
     return fig
 
@@ -179,7 +181,7 @@ def attn_kde_figure(
         title=title or "Softmax attention weights (KDE)",
         xaxis_title="attention weight",
         yaxis_title="density (max = 1)",
-        template="plotly_white",
+        template=TEMPLATE,
     )
     return fig
 
@@ -202,7 +204,9 @@ def patterns_figure(
         horizontal_spacing=0.04,
         vertical_spacing=0.08 if rows > 1 else 0.0,
     )
-    labels = [f"{i}:{t}" for i, t in enumerate(tokens)] if tokens else list(range(n_pos))
+    labels = (
+        [f"{i}:{show_token(t)}" for i, t in enumerate(tokens)] if tokens else list(range(n_pos))
+    )
     for h in range(n_heads):
         fig.add_trace(
             go.Heatmap(
@@ -211,7 +215,7 @@ def patterns_figure(
                 y=labels,
                 zmin=0,
                 zmax=1,
-                colorscale="Viridis",
+                colorscale=SEQUENTIAL,
                 showscale=h == 0,
                 hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.3f}<extra></extra>",
             ),
@@ -224,7 +228,7 @@ def patterns_figure(
         title=title or "Attention patterns per head (rows: query, columns: key)",
         height=320 * rows + 80,
         width=320 * cols + 120,
-        template="plotly_white",
+        template=TEMPLATE,
     )
     return fig
 
@@ -233,12 +237,14 @@ def figures(result: Any) -> dict[str, go.Figure]:
     """All figures of a heads `ExperimentResult`, keyed by file name.
 
     Example:
-        >>> figs = figures(run_heads(HeadsConfig(model="tiny-gpt2")))
-        >>> sorted(figs)[:2]
+        >>> from mechprobe.experiments import heads
+        >>> config = heads.resolve(heads.HeadsConfig(), model_shape(model))
+        >>> res = heads.run(config, model, (hf, tok))
+        >>> sorted(figures(res))[:2]
         ['attn_kde', 'patterns']
     """
     a, s = result.arrays, result.summary
-    where = f"{s.get('model', '')} layer {s.get('layer', '')}"
+    where = f"layer {s['layer']}"
     return {
         "qk_means": qk_means_figure(
             a["q_mean"], a["q_std"], a["k_mean"], a["k_std"], f"Q and K per head ({where})"

@@ -1,7 +1,7 @@
 """Figures of the negation-tuning experiment (E1); they draw arrays, they compute nothing.
 
-`figures` picks the arrays out of an `ExperimentResult` from
-:func:`mechprobe.experiments.negation.run_negation` and builds every figure:
+`figures` picks the arrays out of the result of `mechprobe.experiments.negation.run` and builds
+every figure:
 
 * ``laminar``: per layer, percent significant units, mean accuracy of all units and of the
   significant units with beta > 0; Q/K/V (and Q|K|V together) beside the MLP.
@@ -20,14 +20,10 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-GROUP_COLORS = {
-    "qkv": "#7f7f7f",
-    "q": "#2ca02c",
-    "k": "#9467bd",
-    "v": "#ff7f0e",
-    "mlp": "#1f77b4",
-}
-CLASS_COLORS = {0: "#1f77b4", 1: "#d62728"}
+from mechprobe.plots.theme import COLOURS, DIVERGING, TEMPLATE, show_token
+
+GROUP_COLORS = {g: COLOURS[g] for g in ("qkv", "q", "k", "v", "mlp")}
+CLASS_COLORS = {0: COLOURS["class0"], 1: COLOURS["class1"]}
 CLASS_NAMES = {0: "affirmation", 1: "negation"}
 CURVES = (
     ("percent_significant", "% significant"),
@@ -99,7 +95,7 @@ def laminar_figure(
         fig.update_yaxes(title_text=label, row=row)
     fig.update_layout(
         title={"text": title or "Negation tuning per layer", "font": {"size": 14}},
-        template="plotly_white",
+        template=TEMPLATE,
         width=1100,
         height=260 * len(CURVES) + 120,
     )
@@ -151,9 +147,7 @@ def beta_by_unit_figure(
                 )
         fig.update_xaxes(title_text="unit index", row=row, col=1)
         fig.update_yaxes(title_text="beta", row=row, col=1)
-    fig.update_layout(
-        title=title or "beta per unit", template="plotly_white", height=350 * len(comps)
-    )
+    fig.update_layout(title=title or "beta per unit", template=TEMPLATE, height=350 * len(comps))
     return fig
 
 
@@ -198,7 +192,7 @@ def volcano_figure(
         )
         fig.update_xaxes(title_text="beta", row=1, col=col)
         fig.update_yaxes(title_text="-log10 p", row=1, col=col)
-    fig.update_layout(title=title or "beta vs -log10 p", template="plotly_white", height=500)
+    fig.update_layout(title=title or "beta vs -log10 p", template=TEMPLATE, height=500)
     return fig
 
 
@@ -226,7 +220,7 @@ def probabilities_figure(probability: np.ndarray, labels: np.ndarray, title: str
         title=title or "best unit: predicted probability of negation",
         xaxis_title="sample (text order)",
         yaxis={"title": "P(negation)", "range": [-0.02, 1.02]},
-        template="plotly_white",
+        template=TEMPLATE,
     )
     return fig
 
@@ -250,7 +244,7 @@ def heatmap_figure(
     Example:
         >>> fig = heatmap_figure(np.zeros((1, 2)), [["a", " not"]], [-1, 0])
     """
-    cells = [[repr(t)[1:-1] for t in row] for row in tokens]
+    cells = [[show_token(t) for t in row] for row in tokens]
     rows = list(row_labels) if row_labels is not None else [str(i) for i in range(len(cells))]
     fig = go.Figure(
         go.Heatmap(
@@ -260,7 +254,7 @@ def heatmap_figure(
             text=cells,
             texttemplate="%{text}",
             textfont={"size": 9},
-            colorscale="RdBu_r",
+            colorscale=DIVERGING,
             zmid=0,
             colorbar={"title": "activation"},
             hovertemplate="offset %{x}<br>%{text}<br>%{z:.3f}<extra></extra>",
@@ -270,7 +264,7 @@ def heatmap_figure(
         title=title or "best unit over negation windows",
         xaxis_title="position relative to the target",
         yaxis={"title": "window (target position)", "autorange": "reversed"},
-        template="plotly_white",
+        template=TEMPLATE,
         height=max(400, 28 * len(rows) + 150),
         width=1200,
     )
@@ -281,13 +275,11 @@ def figures(result: Any) -> dict[str, go.Figure]:
     """Every figure of a negation result (``run_negation``'s `ExperimentResult`).
 
     Example:
-        >>> figs = figures(run_negation(NegationConfig(model="tiny-gpt2")))
-        >>> sorted(figs)[:2]
-        ['beta_by_unit', 'best_unit_heatmap']
+        >>> from mechprobe.experiments.result import ExperimentResult
+        >>> figures(ExperimentResult("negation"))  # doctest: +SKIP
     """
     s, a = result.summary, result.arrays
     layers = list(s["layers"])
-    model = s["model"]
     curves: dict[str, dict[str, list[float]]] = {}
     for row in s["per_layer"]:
         for group, figs in row.items():
@@ -300,7 +292,7 @@ def figures(result: Any) -> dict[str, go.Figure]:
         "laminar": laminar_figure(
             layers,
             curves,
-            title=f"{model}: negation tuning per layer<br><sup>n = {s['n_affirmation']} "
+            title=f"Negation tuning per layer<br><sup>n = {s['n_affirmation']} "
             f"affirmation / {s['n_negation']} negation; {rule}, alpha {s['alpha']:g}</sup>",
         )
     }
@@ -332,10 +324,10 @@ def figures(result: Any) -> dict[str, go.Figure]:
         }
     note = f"; {n_sep} separated units (infinite beta) not drawn" if n_sep else ""
     out["beta_by_unit"] = beta_by_unit_figure(
-        beta_panels, title=f"{model}: beta per unit, layer {detail}{note}"
+        beta_panels, title=f"Beta per unit, layer {detail}{note}"
     )
     out["volcano"] = volcano_figure(
-        volcano_panels, title=f"{model}: beta vs -log10 p, layer {detail} ({rule}){note}"
+        volcano_panels, title=f"Beta vs -log10 p, layer {detail} ({rule}){note}"
     )
 
     best = s.get("best_unit")
@@ -347,13 +339,13 @@ def figures(result: Any) -> dict[str, go.Figure]:
         out["best_unit_probabilities"] = probabilities_figure(
             a["best_unit_probability"],
             a["labels"],
-            title=f"{model}: best unit {name}, accuracy {best['accuracy']:.3f}",
+            title=f"Best unit {name}, accuracy {best['accuracy']:.3f}",
         )
         out["best_unit_heatmap"] = heatmap_figure(
             a["best_unit_heatmap"],
             best["heatmap_tokens"],
             best["heatmap_offsets"],
             row_labels=[f"#{i} @{p}" for i, p in enumerate(best["heatmap_positions"])],
-            title=f"{model}: best unit {name} over the first negation windows",
+            title=f"Best unit {name} over the first negation windows",
         )
     return out

@@ -12,8 +12,10 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from mechprobe.plots.theme import COLOURS, themed
+
 COMPONENT_NAMES = ("Q", "K", "V")
-BASE_COLOR = "rgba(120,120,120,0.6)"
+BASE_COLOR = COLOURS["baseline"]
 
 
 def qkv_check(
@@ -48,13 +50,12 @@ def qkv_check(
     fig.add_vrect(
         x0=zeroed[0] - 0.5,
         x1=zeroed[1] - 0.5,
-        fillcolor="red",
+        fillcolor=COLOURS["accent"],
         opacity=0.15,
         line_width=0,
         annotation_text="zeroed head",
     )
-    fig.update_layout(title=title, xaxis_title="Q|K|V unit", yaxis_title="activation")
-    return fig
+    return themed(fig, title=title, xaxis_title="Q|K|V unit", yaxis_title="activation")
 
 
 def mlp_check(
@@ -75,77 +76,66 @@ def mlp_check(
     fig.add_trace(
         go.Scatter(x=keep, y=intervened[keep], mode="markers", name="other units (intervened)")
     )
-    fig.update_layout(title=title, xaxis_title="MLP unit (hook_pre)", yaxis_title="activation")
-    return fig
+    return themed(fig, title=title, xaxis_title="MLP unit (hook_pre)", yaxis_title="activation")
 
 
 def scaling_figure(
-    values: np.ndarray,
+    rows: Sequence[tuple[str, np.ndarray, np.ndarray]],
     base_values: np.ndarray,
-    norms: np.ndarray,
     base_norms: np.ndarray,
-    title: str,
     scale_layer: int,
+    title: str,
 ) -> go.Figure:
-    """Stacked hidden-vector values per hidden state, and their norm per layer, baseline overlaid.
+    """Per scale factor (one row each): hidden-vector values per hidden state, and their norm.
 
     Args:
-        values: ``[n_layers + 1, d_model]`` under scaling (HF ``hidden_states`` convention).
-        base_values: The same without intervention.
-        norms: ``[n_layers + 1]`` L2 norms under scaling.
+        rows: ``(label, values [n_layers + 1, d_model], norms [n_layers + 1])`` per factor
+            (HF ``hidden_states`` convention: embeddings first, last after the final norm).
+        base_values: The values without intervention.
         base_norms: The baseline norms.
-        title: Figure title.
         scale_layer: The scaled block (its output is hidden state ``scale_layer + 1``).
+        title: Figure title.
 
     Example:
-        >>> fig = scaling_figure(np.ones((3, 8)), np.ones((3, 8)), np.ones(3), np.ones(3), "t", 0)
+        >>> fig = scaling_figure([("x0.1", np.ones((3, 8)), np.ones(3))], np.ones((3, 8)),
+        ...                      np.ones(3), 0, "t")
     """
-    n, d = values.shape
-    fig = make_subplots(
-        rows=1,
-        cols=2,
-        subplot_titles=("values per hidden state", "L2 norm per hidden state"),
-    )
+    n, d = base_values.shape
+    titles = [t for label, _, _ in rows for t in (f"{label}: values", f"{label}: L2 norm")]
+    fig = make_subplots(rows=len(rows), cols=2, subplot_titles=titles, vertical_spacing=0.12)
     xs = np.repeat(np.arange(n), d)
-    fig.add_trace(
-        go.Scatter(
-            x=xs - 0.15,
-            y=base_values.reshape(-1),
-            mode="markers",
-            name="baseline values",
-            marker={"color": BASE_COLOR, "size": 3},
-        ),
-        row=1,
-        col=1,
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=xs + 0.15,
-            y=values.reshape(-1),
-            mode="markers",
-            name="scaled values",
-            marker={"size": 3},
-        ),
-        row=1,
-        col=1,
-    )
-    layers = np.arange(n)
-    fig.add_trace(
-        go.Scatter(x=layers, y=base_norms, name="baseline norm", line={"color": "grey"}),
-        row=1,
-        col=2,
-    )
-    fig.add_trace(go.Scatter(x=layers, y=norms, name="scaled norm"), row=1, col=2)
-    for col in (1, 2):
-        fig.add_vline(x=scale_layer + 1, line_dash="dot", row=1, col=col)
-    fig.update_yaxes(type="log", row=1, col=2)
-    fig.update_xaxes(title_text="hidden state")
-    fig.update_layout(
+    for r, (_, values, norms) in enumerate(rows, start=1):
+        first = r == 1
+        for x, y, name, marker in (
+            (xs - 0.15, base_values.reshape(-1), "baseline", {"color": BASE_COLOR, "size": 3}),
+            (xs + 0.15, values.reshape(-1), "scaled", {"color": COLOURS["accent"], "size": 3}),
+        ):
+            fig.add_trace(
+                go.Scatter(x=x, y=y, mode="markers", name=f"{name} values", marker=marker,
+                           legendgroup=name, showlegend=first),
+                row=r, col=1,
+            )  # fmt: skip
+        fig.add_trace(
+            go.Scatter(x=np.arange(n), y=base_norms, name="baseline norm",
+                       line={"color": "grey"}, showlegend=first),
+            row=r, col=2,
+        )  # fmt: skip
+        fig.add_trace(
+            go.Scatter(x=np.arange(n), y=norms, name="scaled norm",
+                       line={"color": COLOURS["accent"]}, showlegend=first),
+            row=r, col=2,
+        )  # fmt: skip
+        fig.update_yaxes(type="log", row=r, col=2)
+        for col in (1, 2):
+            fig.add_vline(x=scale_layer + 1, line_dash="dot", row=r, col=col)
+    fig.update_xaxes(title_text="hidden state", row=len(rows))
+    return themed(
+        fig,
         title=f"{title}<br><sup>hidden state 0 = embeddings, last = after the final norm; "
         f"dotted: block {scale_layer}'s output</sup>",
         width=1100,
+        height=330 * len(rows) + 120,
     )
-    return fig
 
 
 def norms_figure(norms: dict[str, np.ndarray], title: str) -> go.Figure:
@@ -157,53 +147,48 @@ def norms_figure(norms: dict[str, np.ndarray], title: str) -> go.Figure:
     fig = go.Figure()
     for name, y in norms.items():
         fig.add_trace(go.Scatter(x=np.arange(len(y)), y=y, name=name))
-    fig.update_layout(
-        title=title, xaxis_title="hidden state", yaxis_title="L2 norm", yaxis_type="log"
+    return themed(
+        fig, title=title, xaxis_title="hidden state", yaxis_title="L2 norm", yaxis_type="log"
     )
-    return fig
 
 
-def figures(result: Any, scale_names: Sequence[str] | None = None) -> dict[str, go.Figure]:
-    """All figures of a replacement result: ``check_qkv``, ``check_mlp``, ``scale_*``, ``norms``.
+def figures(result: Any) -> dict[str, go.Figure]:
+    """All figures of a replacement result: ``norms``, ``check_qkv``, ``check_mlp``, ``scaling``.
 
     Example:
-        >>> figs = figures(run_replace(config))
-        >>> sorted(figs)
-        ['check_mlp', 'check_qkv', 'norms', 'scale_0.1', 'scale_10']
+        >>> from mechprobe.experiments import replace as e4
+        >>> res = e4.run(e4.resolve(e4.ReplaceConfig(), model_shape(model)), model, (hf, tok))
+        >>> sorted(figures(res))
+        ['check_mlp', 'check_qkv', 'norms', 'scaling']
     """
     a, s = result.arrays, result.summary
-    cfg = s["config"]
-    model, tok = s["model"], s["position_token"]
-    figs = {
+    cfg = s["settings"]
+    tok = s["position_token"]
+    return {
+        "norms": norms_figure(
+            {c: a[f"{c}_norm"] for c in s["conditions"]},
+            f"Norm of the hidden vector at {tok!r} per hidden state",
+        ),
         "check_qkv": qkv_check(
             a["baseline_qkv"],
             a["zero_head_qkv"],
             a["qkv_component"],
             tuple(s["zeroed_qkv_units"]),
-            f"{model}: Q|K|V units of layer {cfg['head_layer']} at {tok!r}, "
+            f"Q|K|V units of layer {cfg['head_layer']} at {tok!r}, "
             f"{cfg['component'].upper()} head {cfg['head']} zeroed",
         ),
         "check_mlp": mlp_check(
             a["baseline_mlp_pre"],
             a["mlp_noise_mlp_pre"],
             a["noise_units"],
-            f"{model}: MLP units (hook_pre) of layer {cfg['mlp_layer']} at {tok!r}, "
+            f"MLP units (hook_pre) of layer {cfg['mlp_layer']} at {tok!r}, "
             f"units {cfg['mlp_units']} ~ N({cfg['noise_mean']:g}, {cfg['noise_std']:g}²)",
         ),
-    }
-    names = list(scale_names) if scale_names is not None else list(s["scaling_finding"])
-    for name in names:
-        factor = s["scaling_finding"][name]["factor"]
-        figs[name] = scaling_figure(
-            a[f"{name}_values"],
+        "scaling": scaling_figure(
+            [(f"x{f:g}", a[f"{n}_values"], a[f"{n}_norm"]) for n, f in s["scales"].items()],
             a["baseline_values"],
-            a[f"{name}_norm"],
             a["baseline_norm"],
-            f"{model}: block {cfg['scale_layer']} output x{factor:g}, hidden vector at {tok!r}",
             cfg["scale_layer"],
-        )
-    figs["norms"] = norms_figure(
-        {c: a[f"{c}_norm"] for c in s["conditions"]},
-        f"{model}: norm of the hidden vector at {tok!r} per hidden state",
-    )
-    return figs
+            f"Block {cfg['scale_layer']} output scaled, hidden vector at {tok!r}",
+        ),
+    }

@@ -8,6 +8,7 @@ shown as the fraction of a block's pairs in each bin, so blocks of different siz
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import einops
 import numpy as np
@@ -15,9 +16,10 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
-from mechprobe.experiments.result import ExperimentResult
-from mechprobe.experiments.similarity import BLOCKS, POSITIONS
+from mechprobe.plots.theme import SEQUENTIAL, TEMPLATE
 
+BLOCKS = ("QQ", "KK", "VV", "QK", "QV", "KV")
+POSITIONS = ("target", "nontarget")
 POSITION_LABELS = {"target": "target", "nontarget": "non-target"}
 LOG_FLOOR = 1e-5  # heatmaps: fractions below this show as this
 DASHES = ("solid", "dash")  # target, non-target
@@ -30,7 +32,7 @@ def _fractions(hist: np.ndarray) -> np.ndarray:
 
 
 def _depth_colours(n: int) -> list[str]:
-    return sample_colorscale("Viridis", [i / max(1, n - 1) for i in range(n)])
+    return sample_colorscale(SEQUENTIAL, [i / max(1, n - 1) for i in range(n)])
 
 
 def histogram_lines(
@@ -51,7 +53,7 @@ def histogram_lines(
         title: Figure title.
 
     Example:
-        >>> fig = histogram_lines(res.arrays["hist"], res.arrays["hist_edges"], [0, 1])
+        >>> fig = histogram_lines(np.ones((2, 6, 2, 100)), np.linspace(-1, 1, 101), [0, 1])
     """
     centres = (edges[:-1] + edges[1:]) / 2
     frac = _fractions(hist)
@@ -87,7 +89,7 @@ def histogram_lines(
             showlegend=False,
             marker={
                 "color": [layers[0], layers[-1]],
-                "colorscale": "Viridis",
+                "colorscale": SEQUENTIAL,
                 "cmin": layers[0],
                 "cmax": layers[-1],
                 "colorbar": {"title": "layer"},
@@ -99,7 +101,7 @@ def histogram_lines(
     )
     fig.update_xaxes(title_text="cosine similarity", range=[-1, 1], row=len(POSITIONS))
     fig.update_yaxes(title_text="fraction of pairs", col=1)
-    fig.update_layout(title=title, height=650, width=1000, template="plotly_white")
+    fig.update_layout(title=title, height=650, width=1000, template=TEMPLATE)
     return fig
 
 
@@ -121,7 +123,7 @@ def heatmaps(
         title: Figure title (the position is appended).
 
     Example:
-        >>> fig = heatmaps(res.arrays["hist"], res.arrays["hist_edges"], [0, 1], position=0)
+        >>> fig = heatmaps(np.ones((2, 6, 2, 100)), np.linspace(-1, 1, 101), [0, 1], position=0)
     """
     centres = (edges[:-1] + edges[1:]) / 2
     # log10 of the fraction, floored, so the tails stay visible beside a spike.
@@ -143,14 +145,14 @@ def heatmaps(
     fig.update_layout(
         title=f"{title}, {POSITION_LABELS[POSITIONS[position]]}",
         coloraxis={
-            "colorscale": "Viridis",
+            "colorscale": SEQUENTIAL,
             "cmin": np.log10(LOG_FLOOR),
             "cmax": 0,
             "colorbar": {"title": "log10 fraction"},
         },
         height=650,
         width=1100,
-        template="plotly_white",
+        template=TEMPLATE,
     )
     return fig
 
@@ -186,7 +188,7 @@ def _two_panel_lines(
                     col=col + 1,
                 )
     fig.update_xaxes(title_text="layer")
-    fig.update_layout(title=title, height=450, width=1000, template="plotly_white")
+    fig.update_layout(title=title, height=450, width=1000, template=TEMPLATE)
     return fig
 
 
@@ -206,7 +208,7 @@ def moments_by_layer(
         title: Figure title.
 
     Example:
-        >>> fig = moments_by_layer(res.arrays["variance"], res.arrays["mean"], [0, 1])
+        >>> fig = moments_by_layer(np.random.rand(2, 2, 3), np.random.rand(2, 2, 3), [0, 1])
     """
     by_component = "position layer component -> position component layer"
     panels = [
@@ -233,18 +235,20 @@ def cosine_spread(
         title: Figure title.
 
     Example:
-        >>> fig = cosine_spread(res.arrays["cos_std"], res.arrays["cos_mean_abs"], [0, 1])
+        >>> fig = cosine_spread(np.random.rand(2, 6, 2), np.random.rand(2, 6, 2), [0, 1])
     """
     series = list(zip(BLOCKS, sample_colorscale("Plotly3", 6), strict=True))
     panels = [("std of cosines", cos_std), ("mean |cosine|", cos_mean_abs)]
     return _two_panel_lines(panels, series, layers, mode="lines", title=title)
 
 
-def figures(result: ExperimentResult) -> dict[str, go.Figure]:
+def figures(result: Any) -> dict[str, go.Figure]:
     """Build every figure of a similarity result.
 
     Example:
-        >>> sorted(figures(run_similarity(SimilarityConfig(model="tiny-gpt2"))))[:2]
+        >>> from mechprobe.experiments import similarity as e3
+        >>> res = e3.run(e3.resolve(e3.SimilarityConfig(), model_shape(model)), model)
+        >>> sorted(figures(res))[:2]
         ['cosine_spread', 'heatmap_nontarget']
     """
     a = result.arrays

@@ -1,15 +1,39 @@
-"""Record Q/K/V and MLP-input activations with plain ``register_forward_hook`` calls."""
+"""Record Q/K/V, MLP input and block outputs with plain ``register_forward_hook`` calls."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from mechprobe.reference.arch import hf_arch
+from mechprobe.hooks import hook_name
+from mechprobe.reference.arch import block_hidden, hf_arch, split_heads
+
+ForwardHook = Callable[[Any, Any, Any], Any]  # (module, args, output) -> output | None
+
+
+@contextlib.contextmanager
+def forward_hooks(
+    pairs: Sequence[tuple[Any, ForwardHook]], *, prepend: bool = False
+) -> Iterator[None]:
+    """Register ``(module, hook)`` forward hooks for a ``with`` block; always remove them.
+
+    Example:
+        >>> with forward_hooks([(hf_arch(hf).module(hf, "block", 0), lambda m, a, o: None)]):
+        ...     out = hf(tokens)
+    """
+    handles = []
+    try:
+        for module, hook in pairs:
+            handles.append(module.register_forward_hook(hook, prepend=prepend))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def capture_reference(
@@ -21,8 +45,10 @@ def capture_reference(
 ) -> dict[str, Any]:
     """Run the HF reference once and return activations under TransformerLens's hook names.
 
-    Q/K/V come from forward hooks on ``attn.c_attn`` (GPT-2, split into heads) or
-    ``q_proj/k_proj/v_proj`` (Llama), MLP input from ``mlp.c_fc`` / ``mlp.gate_proj``.
+    Q/K/V come from forward hooks on the projection(s) of `mechprobe.reference.arch` (GPT-2's
+    fused ``attn.c_attn`` split into heads, or ``q_proj/k_proj/v_proj``), the QK-norm outputs
+    (``hook_q_normed``/``hook_k_normed``) where the architecture has them, and the MLP input from
+    ``mlp.c_fc`` / ``mlp.gate_proj``.
 
     Args:
         hf_model: An unmodified HuggingFace causal LM (eager attention for ``attentions``).
@@ -33,56 +59,54 @@ def capture_reference(
     Returns:
         A dict with ``blocks.L.attn.hook_q/k/v`` (``[batch, pos, head, d_head]``),
         ``blocks.L.mlp.hook_pre``, ``blocks.L.hook_resid_post`` (the block's output),
-        ``hidden_states`` (tuple, HF convention: embeddings first,
-        last after the final norm), ``attentions`` (tuple of ``[batch, head, q_pos, k_pos]``),
-        and ``logits``.
+        ``hidden_states`` (tuple, HF convention: embeddings first, last after the final norm),
+        ``attentions`` (tuple of ``[batch, head, q_pos, k_pos]``), and ``logits``.
 
     Example:
         >>> ref = capture_reference(hf, tokens)
         >>> ref["blocks.0.attn.hook_k"].shape
-        torch.Size([1, 9, 4, 16])
+        torch.Size([2, 9, 4, 16])
     """
     arch = hf_arch(hf_model)
-    layers = range(len(arch.blocks)) if layers is None else layers
+    n_layers = len(arch.module(hf_model, "blocks"))
+    layers = range(n_layers) if layers is None else layers
     out: dict[str, Any] = {}
-    handles = []
 
-    def qkv_hook(layer: int, name: str) -> Any:
-        def hook(module: Any, args: Any, output: Tensor) -> None:
-            for comp, t in arch.split_qkv(name, output.detach()).items():
-                out[f"blocks.{layer}.attn.hook_{comp}"] = t.clone()
-
-        return hook
-
-    def block_hook(layer: int) -> Any:
+    def keep(name: str, fn: Callable[[Any], dict[str, Tensor] | Tensor]) -> ForwardHook:
         def hook(module: Any, args: Any, output: Any) -> None:
-            # transformers 5 returns a tensor; 4.x a tuple (hidden, *rest).
-            hidden = output[0] if isinstance(output, tuple) else output
-            out[f"blocks.{layer}.hook_resid_post"] = hidden.detach().clone()
+            got = fn(output)
+            items = got.items() if isinstance(got, dict) else [(name, got)]
+            for key, t in items:
+                out[key] = t.detach().clone()
 
         return hook
 
-    def mlp_hook(layer: int) -> Any:
-        def hook(module: Any, args: Any, output: Tensor) -> None:
-            out[f"blocks.{layer}.mlp.hook_pre"] = output.detach().clone()
+    def heads(layer: int, proj: str) -> Callable[[Tensor], dict[str, Tensor]]:
+        def split(output: Tensor) -> dict[str, Tensor]:
+            parts = split_heads(arch, hf_model, proj, output)
+            return {hook_name(layer, c): t for c, t in parts.items()}
 
-        return hook
+        return split
 
-    try:
-        for layer in layers:
-            for name, module in arch.qkv_modules(layer).items():
-                handles.append(module.register_forward_hook(qkv_hook(layer, name)))
-            handles.append(arch.mlp_in(layer).register_forward_hook(mlp_hook(layer)))
-            handles.append(arch.blocks[layer].register_forward_hook(block_hook(layer)))
-        with torch.inference_mode():
-            res = hf_model(
-                tokens.to(next(hf_model.parameters()).device),
-                output_hidden_states=True,
-                output_attentions=attentions,
-            )
-    finally:
-        for h in handles:
-            h.remove()
+    pairs: list[tuple[Any, ForwardHook]] = []
+    for L in layers:
+        for proj, module in arch.qkv_modules(hf_model, L).items():
+            pairs.append((module, keep("", heads(L, proj))))
+        for norm in ("q_norm", "k_norm"):
+            if getattr(arch, norm) is not None:
+                name = hook_name(L, f"{norm[0]}_normed")
+                pairs.append((arch.module(hf_model, norm, L), keep(name, lambda o: o)))
+        pairs.append(
+            (arch.module(hf_model, "mlp_in", L), keep(hook_name(L, "mlp_pre"), lambda o: o))
+        )
+        resid = hook_name(L, "resid_post")
+        pairs.append((arch.module(hf_model, "block", L), keep(resid, block_hidden)))
+    with forward_hooks(pairs), torch.inference_mode():
+        res = hf_model(
+            tokens.to(next(hf_model.parameters()).device),
+            output_hidden_states=True,
+            output_attentions=attentions,
+        )
     out["hidden_states"] = res.hidden_states
     out["attentions"] = res.attentions if attentions else None
     out["logits"] = res.logits

@@ -3,9 +3,10 @@
 This is how a researcher would do it without TransformerLens, and it is the independent
 reference the TransformerLens hooks are checked against:
 
-- zero a head: GPT-2: hook ``attn.c_attn``, split its output into q|k|v, clone the part, zero
-  the head's columns ``head*d_head:(head+1)*d_head``, concatenate; Llama: hook
-  ``self_attn.{q,k,v}_proj`` and zero the same columns of its output.
+- zero a head: hook the projection producing the component (GPT-2's fused ``attn.c_attn``,
+  or ``self_attn.<component>_proj``) and zero the head's ``d_head`` columns of its output,
+  counted from where the component starts in it (``component * d_model`` in GPT-2's fused
+  ``[q | k | v]``, 0 in a separate projection).
 - MLP noise: hook ``mlp.c_fc`` (GPT-2) / ``mlp.gate_proj`` (Llama) and overwrite the chosen
   units at the chosen positions with noise drawn from a seeded generator.
 - scale: hook the decoder block and multiply its hidden-state output, which is a plain tensor
@@ -28,41 +29,31 @@ import torch
 from torch import Tensor
 
 from mechprobe.errors import MechprobeError
-from mechprobe.interventions import (
-    Intervention,
-    MLPNoise,
-    ScaleOutput,
-    ZeroHead,
-    resolve_positions,
-    resolve_units,
-)
+from mechprobe.interventions import Intervention, MLPNoise, ScaleOutput, ZeroHead, gaussian_noise
 from mechprobe.models.registry import model_shape
-from mechprobe.reference.arch import HFArch, hf_arch
+from mechprobe.reference.arch import ArchMap, block_hidden, hf_arch, with_hidden
+from mechprobe.reference.capture import ForwardHook, forward_hooks
+from mechprobe.validate import resolve_positions, resolve_units
 
-ForwardHook = Any  # (module, args, output) -> output | None
 
+def zero_head_hook(arch: ArchMap, hf: Any, component: str, head: int) -> ForwardHook:
+    """Forward hook zeroing one head of Q, K or V in the output of the projection producing it.
 
-def zero_head_hook(arch: HFArch, component: str, head: int) -> ForwardHook:
-    """Forward hook zeroing one head of Q, K or V in a projection output.
-
-    For GPT-2 it goes on ``attn.c_attn`` (fused ``[q | k | v]`` output); for Llama on
-    ``self_attn.<component>_proj``.
+    The head's columns are ``offset + head * d_head`` onwards, where ``offset`` is where the
+    component starts in that output (GPT-2's fused ``[q | k | v]``: ``component * d_model``;
+    a separate projection: 0).
 
     Example:
         >>> arch = hf_arch(hf)
-        >>> h = arch.qkv_modules(3)["qkv"].register_forward_hook(zero_head_hook(arch, "k", 2))
+        >>> hook = zero_head_hook(arch, hf, "k", 2)
+        >>> handle = arch.module(hf, "k", 1).register_forward_hook(hook)
+        >>> handle.remove()
     """
-    s = model_shape(arch.model)
-    cols = slice(head * s.d_head, (head + 1) * s.d_head)
+    d_head = model_shape(hf).d_head
+    start = arch.column_offset(hf, component) + head * d_head
+    cols = slice(start, start + d_head)
 
     def hook(module: Any, args: Any, output: Tensor) -> Tensor:
-        if arch.family == "gpt2":
-            q, k, v = output.split(s.d_model, dim=-1)
-            parts = {"q": q, "k": k, "v": v}
-            part = parts[component].clone()
-            part[..., cols] = 0
-            parts[component] = part
-            return torch.cat([parts["q"], parts["k"], parts["v"]], dim=-1)
         out = output.clone()
         out[..., cols] = 0
         return out
@@ -79,24 +70,21 @@ def mlp_noise_hook(
 ) -> ForwardHook:
     """Forward hook on ``mlp.c_fc`` / ``mlp.gate_proj`` writing seeded noise into chosen units.
 
-    The noise is ``[n_positions, n_units]``, drawn in float32 on the CPU from
-    ``torch.Generator().manual_seed(seed)`` as ``randn * std + mean`` and cast to the output's
-    dtype; the same for every batch row and every call.
+    The noise is `mechprobe.interventions.gaussian_noise` ``[n_positions, n_units]`` (seeded,
+    float32 on the CPU, then cast), the same for every batch row and every call.
 
     Example:
         >>> hook = mlp_noise_hook(slice(None, None, 2), [4], 10.0, 1.0, 0)
-        >>> h = hf_arch(hf).mlp_in(1).register_forward_hook(hook)
+        >>> handle = hf_arch(hf).module(hf, "mlp_in", 1).register_forward_hook(hook)
+        >>> handle.remove()
     """
 
     def hook(module: Any, args: Any, output: Tensor) -> Tensor:
-        cols = resolve_units(units, output.shape[-1], "units")
-        rows = resolve_positions(positions, output.shape[1], "positions")
-        gen = torch.Generator(device="cpu").manual_seed(int(seed))
-        noise = torch.randn(len(rows), len(cols), generator=gen, dtype=torch.float32)
-        noise = (noise * float(std) + float(mean)).to(output.dtype).to(output.device)
+        cols = resolve_units(units, output.shape[-1], "unit")
+        rows = resolve_positions(positions, output.shape[1])
+        noise = gaussian_noise(len(rows), len(cols), mean, std, seed).to(output)
         out = output.clone()
-        for i, pos in enumerate(rows):
-            out[:, pos, cols] = noise[i]
+        out[:, torch.tensor(rows)[:, None], torch.tensor(cols)[None, :]] = noise
         return out
 
     return hook
@@ -105,20 +93,49 @@ def mlp_noise_hook(
 def scale_block_hook(factor: float) -> ForwardHook:
     """Forward hook on a decoder block multiplying its hidden-state output by ``factor``.
 
-    Handles both shapes a block returns: a tensor (transformers 5) or a tuple
-    ``(hidden, *rest)`` (transformers 4.x, with attention weights in ``rest`` when
-    ``output_attentions`` is set), whose other members are passed on untouched.
+    Handles both shapes a block returns (`mechprobe.reference.arch.with_hidden`): a tensor
+    (transformers 5) or a tuple ``(hidden, *rest)`` (transformers 4.x, with attention weights in
+    ``rest`` when ``output_attentions`` is set), whose other members are passed on untouched.
 
     Example:
-        >>> h = hf_arch(hf).blocks[8].register_forward_hook(scale_block_hook(0.1), prepend=True)
+        >>> scale_block_hook(10.0)(None, (), torch.ones(2)).tolist()
+        [10.0, 10.0]
     """
 
     def hook(module: Any, args: Any, output: Any) -> Any:
-        if isinstance(output, tuple):
-            return (output[0] * factor, *output[1:])
-        return output * factor
+        return with_hidden(output, block_hidden(output) * factor)
 
     return hook
+
+
+def reference_hooks(
+    hf: Any, interventions: Sequence[Intervention], n_tokens: int | None = None
+) -> list[tuple[Any, ForwardHook]]:
+    """The ``(module, forward_hook)`` pairs implementing ``interventions`` on an HF model.
+
+    Example:
+        >>> pairs = reference_hooks(hf, [ScaleOutput(1, 10.0)])
+        >>> type(pairs[0][0]).__name__
+        'GPT2Block'
+    """
+    arch = hf_arch(hf)
+    pairs = []
+    for iv in interventions:
+        iv.validate(hf, n_tokens)
+        if isinstance(iv, ZeroHead):
+            pair = (
+                arch.module(hf, iv.component, iv.layer),
+                zero_head_hook(arch, hf, iv.component, iv.head),
+            )
+        elif isinstance(iv, MLPNoise):
+            hook = mlp_noise_hook(iv.units, iv.positions, iv.mean, iv.std, iv.seed)
+            pair = (arch.module(hf, "mlp_in", iv.layer), hook)
+        elif isinstance(iv, ScaleOutput):
+            pair = (arch.module(hf, "block", iv.layer), scale_block_hook(iv.factor))
+        else:
+            raise MechprobeError(f"no HF reference for intervention {type(iv).__name__}")
+        pairs.append(pair)
+    return pairs
 
 
 @contextlib.contextmanager
@@ -127,40 +144,22 @@ def reference_interventions(
 ) -> Iterator[Any]:
     """Register the HF forward hooks of several interventions for a ``with`` block.
 
+    Hooks go first (``prepend=True``, see the module docstring) and are removed on exit.
+
     Args:
-        hf: A HuggingFace GPT-2 or Llama-style causal LM.
+        hf: A HuggingFace causal LM of an architecture in `mechprobe.reference.arch`.
         interventions: `ZeroHead`, `MLPNoise`, `ScaleOutput` descriptions.
-        n_tokens: Sequence length, to validate (and resolve) positions.
+        n_tokens: Sequence length, to validate positions.
 
     Yields:
-        The model with the hooks attached; they are removed on exit.
+        The model with the hooks attached.
 
     Example:
         >>> with reference_interventions(hf, [ScaleOutput(1, 10.0)]):
         ...     out = hf(tokens, output_hidden_states=True)
     """
-    arch = hf_arch(hf)
-    handles = []
-    try:
-        for iv in interventions:
-            iv.validate(hf, n_tokens)
-            if isinstance(iv, ZeroHead):
-                mods = arch.qkv_modules(iv.layer)
-                module = mods["qkv"] if "qkv" in mods else mods[iv.component]
-                hook = zero_head_hook(arch, iv.component, iv.head)
-            elif isinstance(iv, MLPNoise):
-                module = arch.mlp_in(iv.layer)
-                hook = mlp_noise_hook(iv.units, iv.positions, iv.mean, iv.std, iv.seed)
-            elif isinstance(iv, ScaleOutput):
-                module = arch.blocks[iv.layer]
-                hook = scale_block_hook(iv.factor)
-            else:
-                raise MechprobeError(f"no HF reference for intervention {type(iv).__name__}")
-            handles.append(module.register_forward_hook(hook, prepend=True))
+    with forward_hooks(reference_hooks(hf, interventions, n_tokens), prepend=True):
         yield hf
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def run_reference(
@@ -196,18 +195,18 @@ def _describe(obj: Any) -> str:
 def describe_block_output(hf: Any, tokens: Tensor, layer: int = 0) -> str:
     """Show, live, what a forward hook on an HF decoder block receives as ``output``.
 
-    Registers a hook on ``hf_arch(hf).blocks[layer]``, runs the model without and with
+    Registers a hook on block ``layer``, runs the model without and with
     ``output_attentions=True`` and reports the type, length and shapes the hook saw, with the
     installed transformers version, and where the attention weights came back.
 
     Example:
         >>> print(describe_block_output(hf, tokens))
-        transformers 5.23.0, GPT2Block (blocks[0]) forward hook `output`: ...
+        transformers 5...: a forward hook on GPT2Block (block 0) receives as `output`:
+        ...
     """
     import transformers
 
-    arch = hf_arch(hf)
-    block = arch.blocks[layer]
+    block = hf_arch(hf).module(hf, "block", layer)
     seen: list[str] = []
     kinds: list[bool] = []
 
@@ -217,20 +216,17 @@ def describe_block_output(hf: Any, tokens: Tensor, layer: int = 0) -> str:
 
     device = next(hf.parameters()).device
     results = {}
-    handle = block.register_forward_hook(hook)
-    try:
+    with forward_hooks([(block, hook)]):
         for flag in (False, True):
             with torch.inference_mode():
                 res = hf(tokens.to(device), output_attentions=flag)
             results[flag] = res.attentions
-    finally:
-        handle.remove()
     att = results[True]
     att_text = f"{len(att)} tensors of shape {tuple(att[0].shape)}" if att else "nothing"
     name = type(block).__name__
     lines = [
         f"transformers {transformers.__version__}: a forward hook on {name} "
-        f"(hf_arch(hf).blocks[{layer}]) receives as `output`:",
+        f"(block {layer}) receives as `output`:",
         f"  without output_attentions: {seen[0]}",
         f"  with output_attentions=True: {seen[1]}",
     ]

@@ -1,4 +1,4 @@
-"""The one-page HTML report of ``mechprobe all``: figures, key numbers, parity, provenance."""
+"""The one-page HTML report of an output directory, built from what is on disk."""
 
 from mechprobe.report.html import build_report
 

@@ -1,7 +1,13 @@
-"""Assemble ``OUT/index.html``: one self-contained page (plotly.js embedded, no network needed).
+"""Assemble ``OUT/index.html`` from what is on disk: one self-contained page, no network needed.
 
-The page is built from what the experiments wrote: ``OUT/<exp>/summary.json`` and the figure specs
-``OUT/<exp>/figures/*.json``. It therefore works the same after ``--resume``.
+The page is built only from the step directories (`mechprobe.runner.steps`): their manifests
+(model, settings, inputs, versions, timing), results, findings, checks and figure specs, with
+each figure's title and caption as the experiment declared them. It therefore always describes
+exactly the results it shows, after ``--resume`` too. Experiment titles come from the registry.
+
+Example:
+    >>> build_report("out").name  # an empty directory gives a page that says so
+    'index.html'
 """
 
 from __future__ import annotations
@@ -14,66 +20,33 @@ from pathlib import Path
 from typing import Any
 
 from mechprobe.io import write_text
+from mechprobe.report.page import CSS, ERROR_TRAP, RENDER
 
-TITLES = {
-    "crosscheck": "HuggingFace parity",
-    "negation": "E1 - Negation tuning in Q/K/V and MLP units",
-    "heads": "E2 - Isolating attention heads",
-    "similarity": "E3 - Q/K/V similarities across layers",
-    "replace": "E4 - Replacing activations",
+VERDICT_CLASS = {
+    "holds": "ok",
+    "partly holds": "partly",
+    "does not hold": "bad",
+    "not tested": "muted",
 }
-
-_ERROR_TRAP = """
-window.addEventListener('error', function (e) {
-  var root = document.documentElement;
-  root.dataset.jsErrors = (root.dataset.jsErrors || '') + String(e.message) + ';';
-});
-"""
-
-# Each figure's spec sits in a JSON script tag; the page counts rendered figures in
-# <html data-figures-rendered>, which the browser test reads back.
-_RENDER = """
-var figs = document.querySelectorAll('div.mp-figure');
-document.documentElement.dataset.figuresTotal = figs.length;
-document.documentElement.dataset.figuresRendered = 0;
-figs.forEach(function (div) {
-  var spec = JSON.parse(document.getElementById(div.dataset.spec).textContent);
-  Plotly.newPlot(div, spec.data, spec.layout, {responsive: true, displaylogo: false})
-    .then(function () {
-      div.dataset.rendered = '1';
-      var root = document.documentElement;
-      root.dataset.figuresRendered = Number(root.dataset.figuresRendered) + 1;
-    });
-});
-"""
-
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222; }
-h1 { margin-bottom: .2rem; }
-h2 { border-bottom: 2px solid #ddd; padding-bottom: .3rem; margin-top: 2.5rem; }
-table { border-collapse: collapse; margin: .6rem 0; font-size: .9rem; }
-td, th { border: 1px solid #ddd; padding: .25rem .6rem; text-align: left; vertical-align: top; }
-th { background: #f5f5f5; }
-.ok { color: #0a7a28; font-weight: 600; }
-.bad { color: #b00020; font-weight: 600; }
-.finding { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; }
-.finding div { background: #f8f8fb; border-left: 4px solid #5470c6; padding: .5rem .9rem; }
-.mp-figure { width: 100%; min-height: 420px; margin: .8rem 0 1.6rem; }
-.muted { color: #666; font-size: .85rem; }
-"""
 
 
 def _fmt(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        if math.isnan(value):
-            return "NaN"
-        return f"{value:.4g}"
+        return "NaN" if math.isnan(value) else f"{value:.4g}"
+    if value is None:
+        return "-"
     return html.escape(str(value))
 
 
-def _table(rows: Sequence[Sequence[Any]], header: Sequence[str] | None = None) -> str:
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str] | None = None) -> str:
+    """An HTML table; cells are escaped, floats shown with 4 significant digits.
+
+    Example:
+        >>> table([("a", 0.123456)], ["name", "value"])
+        '<table><tr><th>name</th><th>value</th></tr><tr><td>a</td><td>0.1235</td></tr></table>'
+    """
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header) if header else ""
     body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table>{f'<tr>{head}</tr>' if head else ''}{body}</table>"
@@ -93,105 +66,193 @@ def key_numbers(
         name = f"{prefix}{key}"
         if isinstance(value, Mapping) and depth < 2:
             out += key_numbers(value, f"{name}.", depth + 1)
-        elif isinstance(value, (int, float, str, bool)) and not (
+        elif isinstance(value, int | float | str | bool) and not (
             isinstance(value, str) and len(value) > 160
         ):
             out.append((name, value))
     return out
 
 
-def _figure_specs(directory: Path) -> list[Path]:
-    """Figure specs in the order the experiment built them (``order.json``), else by name."""
-    order_file = directory / "order.json"
-    if order_file.is_file():
-        names = json.loads(order_file.read_text(encoding="utf-8"))
-        return [directory / f"{n}.json" for n in names if (directory / f"{n}.json").is_file()]
-    return sorted(p for p in directory.glob("*.json") if p.name != "order.json")
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
-def _section(name: str, exp_dir: Path, findings: Mapping[str, Any] | None, idx: list[int]) -> str:
-    summary_path = exp_dir / "summary.json"
-    title = TITLES.get(name, name)
-    if not summary_path.is_file():
-        return f"<h2 id='{name}'>{html.escape(title)}</h2><p class='bad'>not run</p>"
-    summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    parts = [f"<h2 id='{name}'>{html.escape(title)}</h2>"]
-    if findings:
-        verdict = findings.get("holds")
-        tag = (
-            ""
-            if verdict is None
-            else (
-                "<span class='ok'>holds</span>"
-                if verdict
-                else "<span class='bad'>does not hold</span>"
-            )
+def _verdict(verdict: str) -> str:
+    cls = VERDICT_CLASS.get(verdict, "muted")
+    return f"<span class='verdict {cls}'>{html.escape(verdict)}</span>"
+
+
+def _finding(finding: Mapping[str, str]) -> str:
+    sample = finding.get("sample")
+    return (
+        "<div class='finding'>"
+        f"<div><b>Course finding</b><p>{html.escape(finding['claim'])}</p></div>"
+        f"<div><b>This run</b> {_verdict(finding['verdict'])}"
+        f"<p>{html.escape(finding['this_run'])}</p>"
+        + (f"<p class='muted'>Sample: {html.escape(sample)}</p>" if sample else "")
+        + "</div></div>"
+    )
+
+
+def _checks(rows: Sequence[Mapping[str, Any]]) -> str:
+    body = [
+        (
+            r["check"],
+            r.get("where", ""),
+            r["value"],
+            r["tolerance"],
+            "<span class='ok'>pass</span>" if r["passed"] else "<span class='bad'>FAIL</span>",
         )
-        parts.append(
-            "<div class='finding'>"
-            f"<div><b>Course finding</b><p>{html.escape(findings['course'])}</p></div>"
-            f"<div><b>This run</b> {tag}<p>{html.escape(findings['this_run'])}</p></div></div>"
-        )
-    numbers = key_numbers(summary)
-    if numbers:
-        parts.append("<details><summary>Key numbers</summary>")
-        parts.append(_table(numbers, ["quantity", "value"]) + "</details>")
-    for spec in _figure_specs(exp_dir / "figures"):
-        idx[0] += 1
-        sid = f"spec{idx[0]}"
-        text = spec.read_text(encoding="utf-8").replace("</", "<\\/")
-        parts.append(f"<h3>{html.escape(spec.stem.replace('_', ' '))}</h3>")
+        for r in rows
+    ]
+    head = "".join(f"<th>{h}</th>" for h in ("check", "where", "max |diff|", "tolerance", ""))
+    cells = "".join(
+        "<tr>" + "".join(f"<td>{c if i == 4 else _fmt(c)}</td>" for i, c in enumerate(r)) + "</tr>"
+        for r in body
+    )
+    return f"<table class='checks'><tr>{head}</tr>{cells}</table>"
+
+
+def _figures(step_dir: Path, name: str, counter: list[int]) -> list[str]:
+    parts = []
+    for fig in _read_json(step_dir / "figures" / "index.json") or []:
+        spec_path = step_dir / "figures" / f"{fig['name']}.json"
+        parts.append(f"<h3>{html.escape(fig['title'])}</h3>")
+        parts.append(f"<p class='caption'>{html.escape(fig['caption'])}</p>")
+        if not fig.get("drawn") or not spec_path.is_file():
+            parts.append("<p class='muted'>Nothing to draw in this run.</p>")
+            continue
+        counter[0] += 1
+        sid = f"spec{counter[0]}"
+        text = spec_path.read_text(encoding="utf-8").replace("</", "<\\/")
         parts.append(f"<script type='application/json' id='{sid}'>{text}</script>")
-        parts.append(f"<div class='mp-figure' data-spec='{sid}' id='fig-{name}-{spec.stem}'></div>")
+        parts.append(
+            f"<div class='mp-figure' data-spec='{sid}' id='fig-{name}-{fig['name']}'></div>"
+        )
+    return parts
+
+
+def _section(name: str, title: str, step_dir: Path, counter: list[int]) -> str:
+    manifest = _read_json(step_dir / "manifest.json") or {}
+    summary = _read_json(step_dir / "summary.json") or {}
+    model = manifest.get("model", {}).get("model", "?")
+    parts = [
+        f"<h2 id='{name}'>{html.escape(title)}</h2>",
+        f"<p class='muted'>Model {html.escape(model)}; finished {manifest.get('finished', '?')} "
+        f"in {manifest.get('wall_s', float('nan')):.1f} s.</p>",
+    ]
+    finding = _read_json(step_dir / "finding.json")
+    if finding:
+        parts.append(_finding(finding))
+    checks = _read_json(step_dir / "checks.json")
+    if checks:
+        parts.append(_checks(checks))
+    parts += _figures(step_dir, name, counter)
+    settings = sorted(manifest.get("config", {}).items())
+    parts.append("<details><summary>Settings and key numbers</summary>")
+    parts.append(table([(k, json.dumps(v)) for k, v in settings], ["setting", "value"]))
+    parts.append(table(key_numbers(summary), ["quantity", "value"]) + "</details>")
     return "\n".join(parts)
 
 
-def build_report(
-    out_dir: str | Path,
-    *,
-    experiments: Sequence[str],
-    provenance: Mapping[str, Any],
-    findings: Mapping[str, Mapping[str, Any]] | None = None,
-    timings: Mapping[str, float] | None = None,
-) -> Path:
-    """Write ``OUT/index.html`` from the experiments' outputs; return its path.
+def _overview(steps: Mapping[str, tuple[str, Path]]) -> str:
+    rows = []
+    for name, (title, step_dir) in steps.items():
+        f = _read_json(step_dir / "finding.json")
+        if f:
+            rows.append(
+                f"<tr><td><a href='#{name}'>{html.escape(title)}</a></td>"
+                f"<td>{_verdict(f['verdict'])}"
+                f"</td><td>{html.escape(f.get('key', ''))}</td>"
+                f"<td>{html.escape(f.get('sample', ''))}</td></tr>"
+            )
+    if not rows:
+        return ""
+    head = "<tr><th>experiment</th><th>verdict</th><th>key number</th><th>sample</th></tr>"
+    return "<h2 id='findings'>Findings</h2><table>" + head + "".join(rows) + "</table>"
+
+
+def _provenance(manifests: Mapping[str, Mapping[str, Any]]) -> str:
+    models = {json.dumps(m["model"], sort_keys=True): m["model"] for m in manifests.values()}
+    rows = []
+    for m in models.values():
+        rows += [(f"model {m['model']}", m.get("source")), ("weights sha256", m.get("sha256"))]
+        if m.get("terms"):
+            rows.append(("terms of use", m["terms"]))
+    for name, m in manifests.items():
+        for key, digest in m.get("inputs", {}).items():
+            rows.append((f"{name}: {key} sha256", digest))
+    latest = max(manifests.values(), key=lambda m: m.get("finished", ""))
+    rows += sorted(latest.get("versions", {}).items())
+    rows += sorted(latest.get("environment", {}).items())
+    timing = [
+        (n, m["model"]["model"], m.get("started"), f"{m.get('wall_s', 0):.1f} s",
+         f"{m.get('peak_rss_mb', 0):,.0f} MB")
+        for n, m in manifests.items()
+    ]  # fmt: skip
+    return (
+        "<h2 id='provenance'>Provenance and timing</h2>"
+        + table(timing, ["step", "model", "started", "wall time", "peak memory"])
+        + table(rows, ["item", "value"])
+    )
+
+
+def build_report(out_dir: str | Path) -> Path:
+    """Write ``OUT/index.html`` from the step directories on disk; return its path.
 
     Args:
         out_dir: The run's output directory.
-        experiments: Experiment names in page order (``crosscheck``, ``negation``...).
-        provenance: Model/data/package facts (``mechprobe.report.provenance``).
-        findings: Per experiment ``{"course": str, "this_run": str, "holds": bool | None}``.
-        timings: Per experiment wall time in seconds.
 
     Example:
-        >>> build_report("out", experiments=["heads"], provenance={"model": "tiny-gpt2"})
+        >>> build_report("out")
         PosixPath('out/index.html')
     """
     from plotly.offline import get_plotlyjs
 
+    from mechprobe.experiments import registry
+
     out = Path(out_dir)
-    findings = findings or {}
-    idx = [0]
-    prov_rows = key_numbers(provenance)
-    nav = " | ".join(f"<a href='#{n}'>{html.escape(TITLES.get(n, n))}</a>" for n in experiments)
-    sections = [_section(n, out / n, findings.get(n), idx) for n in experiments]
-    timing = _table([(n, f"{t:.1f} s") for n, t in (timings or {}).items()], ["step", "wall time"])
+    specs = registry()
+    steps = {
+        name: (spec.title, out / name)
+        for name, spec in specs.items()
+        if (out / name / "manifest.json").is_file()
+    }
+    manifests = {name: _read_json(d / "manifest.json") or {} for name, (_, d) in steps.items()}
+    models = sorted({m.get("model", {}).get("model", "?") for m in manifests.values()})
+    counter = [0]
+    sections = [_section(n, title, d, counter) for n, (title, d) in steps.items()]
+    missing = [s.title for n, s in specs.items() if n not in steps]
+    notes = []
+    if len(models) > 1:
+        notes.append(
+            f"<p class='bad'>This directory holds results of {len(models)} models "
+            f"({', '.join(models)}); each section names its model.</p>"
+        )
+    if missing:
+        notes.append(f"<p class='muted'>Not run here: {html.escape('; '.join(missing))}.</p>")
+    nav = " | ".join(f"<a href='#{n}'>{html.escape(t)}</a>" for n, (t, _) in steps.items())
+    title = f"mechprobe report - {', '.join(models) or 'no results'}"
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<title>mechprobe report - {html.escape(str(provenance.get("model", "")))}</title>
-<style>{_CSS}</style>
-<script>{_ERROR_TRAP}</script>
+<title>{html.escape(title)}</title>
+<style>{CSS}</style>
+<script>{ERROR_TRAP}</script>
 <script>{get_plotlyjs()}</script>
 </head><body>
-<h1>mechprobe report</h1>
-<p class="muted">Four experiments from a course on LLM mechanisms, reproduced on TransformerLens
-hooks and cross-checked against plain HuggingFace hooks.</p>
+<h1>mechprobe report: {html.escape(", ".join(models) or "no results yet")}</h1>
+<p class="muted">Experiments from a course on LLM mechanisms, reproduced on TransformerLens
+hooks and cross-checked against plain HuggingFace hooks. Each section shows the course's claim,
+this run's numbers and verdict, the checks, and every figure with a caption on how to read it.</p>
+{"".join(notes)}
 <p>{nav}</p>
-<h2 id="provenance">Provenance</h2>
-{_table(prov_rows, ["item", "value"])}
-{timing if timings else ""}
+{_overview(steps)}
+{_provenance(manifests) if manifests else ""}
 {"".join(sections)}
-<script>{_RENDER}</script>
+<script>{RENDER}</script>
 </body></html>
 """
     return write_text(out / "index.html", page)

@@ -1,4 +1,8 @@
-"""Session-scoped model fixtures (each model loaded once per test session) and markers."""
+"""Session-scoped model fixtures (each model loaded once per test session), markers, doctests.
+
+This file sits at the repository root so that its fixtures serve both the tests in ``tests/`` and
+the docstring examples in ``mechprobe/``, which the suite runs as doctests on tiny-gpt2.
+"""
 
 from __future__ import annotations
 
@@ -49,6 +53,49 @@ def shared_text():
             pytest.fail(f"shared text missing in CI: {SHARED_TEXT}")
         pytest.skip(f"shared text not found at {SHARED_TEXT}")
     return SHARED_TEXT
+
+
+@pytest.fixture
+def tiny_cli(monkeypatch, tiny_model, tiny_reference):
+    """Make CLI runs on tiny-gpt2 reuse the session's instances (and skip PNG export)."""
+    import mechprobe.models
+
+    monkeypatch.setattr(mechprobe.models, "load_model", lambda *a, **k: tiny_model)
+    monkeypatch.setattr(mechprobe.models, "load_reference", lambda *a, **k: tiny_reference)
+    monkeypatch.setenv("MECHPROBE_NO_PNG", "1")
+
+
+DOCTEST_TEXTS = (
+    "The old lighthouse keeper did not expect any visitors",
+    "She could see the small boat from the old harbour wall",
+)
+
+
+@pytest.fixture(autouse=True)
+def _doctest_namespace(request, doctest_namespace):
+    """Names the docstring examples use: ``model``/``hf``/``tok`` (tiny-gpt2), ``tokens`` [2, 9]."""
+    if not isinstance(request.node, pytest.DoctestItem):
+        return
+    import numpy as np
+    import torch
+
+    from mechprobe.models.registry import model_shape
+
+    model = request.getfixturevalue("tiny_model")
+    hf, tok = request.getfixturevalue("tiny_reference")
+    ids = [tok(t, add_special_tokens=False).input_ids[:9] for t in DOCTEST_TEXTS]
+    doctest_namespace.update(
+        np=np,
+        torch=torch,
+        model=model,
+        hf=hf,
+        tok=tok,
+        tokens=torch.tensor(ids),
+        model_shape=model_shape,
+    )
+    request.getfixturevalue("tmp_path")
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    monkeypatch.chdir(request.getfixturevalue("tmp_path"))
 
 
 def pytest_collection_modifyitems(config, items):

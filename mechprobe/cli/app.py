@@ -1,0 +1,188 @@
+"""Run a parsed ``mechprobe`` command: settings from the options, then the runner.
+
+Every option of a command is parsed, then checked against the model's shape, and every problem
+is reported in one line naming each flag (``--layers: layer 40 is out of range (0..29); --alpha:
+...``) before anything is loaded or computed.
+
+Example:
+    >>> dispatch(["heads", "--model", "tiny-gpt2", "--layer", "9", "--bandwidth", "-1"])
+    Traceback (most recent call last):
+    ...
+    mechprobe.errors.MechprobeError: --layer: layer 9 is out of range (0..1); --bandwidth: ...
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mechprobe.errors import ConfigError, MechprobeError
+from mechprobe.experiments import registry
+from mechprobe.experiments.spec import Experiment, cli_options
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _problems_line(problems: Sequence[tuple[str, str]], flags: dict[str, str]) -> str:
+    return "; ".join(f"{flags.get(name, name)}: {msg}" for name, msg in problems)
+
+
+def config_from_args(spec: Experiment, args: Any) -> tuple[Any, list[tuple[str, str]]]:
+    """The config from the parsed options, and the problems of the options that do not parse.
+
+    Options that do not parse keep their default, so that the settings can still be checked
+    against the model and every problem reported at once.
+
+    Example:
+        >>> from mechprobe.cli.parser import build_parser
+        >>> args = build_parser().parse_args(["heads", "--layer", "x"])
+        >>> config_from_args(registry()["heads"], args)[1]
+        [('layer', "expected an integer, got 'x'")]
+    """
+    values, problems = {}, []
+    for opt in cli_options(spec.config):
+        raw = getattr(args, f"cfg_{opt.name}")
+        if raw is None or raw is False:
+            continue
+        if opt.is_flag:
+            values[opt.name] = True
+            continue
+        try:
+            if opt.choices and raw not in opt.choices:
+                raise MechprobeError(f"expected one of {', '.join(opt.choices)}, got {raw!r}")
+            values[opt.name] = opt.parse(raw)
+        except MechprobeError as exc:
+            problems.append((opt.name, str(exc)))
+    return spec.config(**values), problems
+
+
+def _check_common(args: Any) -> None:
+    if not args.out.strip():
+        raise MechprobeError("--out: the output directory is empty: give a path")
+    if not args.model.strip():
+        raise MechprobeError("--model: the model name is empty (see 'mechprobe models')")
+
+
+def run_experiment(spec: Experiment, args: Any, argv: Sequence[str]) -> int:
+    """One experiment as a command: options, early checks, the run, its table, exit status."""
+    from mechprobe.models import static_shape
+
+    _check_common(args)
+    flags = {o.name: o.flag for o in cli_options(spec.config)}
+    config, problems = config_from_args(spec, args)
+    shape = static_shape(args.model)
+    if shape is not None:
+        try:
+            spec.resolve(config, shape)
+        except ConfigError as exc:
+            bad = {name for name, _ in problems}
+            problems += [(n, m) for n, m in exc.problems if n not in bad]
+    if problems:
+        raise MechprobeError(_problems_line(problems, flags))
+    _quiet_libraries()
+    from mechprobe.runner.run import RunRequest, Step, run_steps
+
+    request = RunRequest(
+        model=args.model,
+        out=Path(args.out),
+        steps=[Step(spec, config)],
+        resume=args.resume,
+        device=args.device,
+        png=False if args.no_png else None,
+        command=shlex.join(["mechprobe", *argv]),
+    )
+    try:
+        outcome = run_steps(request)
+    except ConfigError as exc:  # a model whose shape was known only once loaded
+        raise MechprobeError(_problems_line(exc.problems, flags)) from exc
+    done = outcome.steps[spec.name]
+    print(f"{spec.name} {args.model}:")
+    print(spec.table(done.result))
+    print(f"wrote {done.path}; report: {outcome.report}")
+    ok = spec.passed(done.result) if spec.passed else None
+    if ok is False:
+        failed = [c for c in (spec.checks(done.result) if spec.checks else []) if not c["passed"]]
+        what = ", ".join(f"{c['check']}={c['value']:.3g}" for c in failed) or "a check"
+        sys.stderr.write(f"mechprobe {spec.name}: FAIL: {what} above the tolerance\n")
+        return 1
+    return 0
+
+
+def run_all(args: Any, argv: Sequence[str]) -> int:
+    """``mechprobe all``: every experiment (or ``--steps``) with its defaults, then the report."""
+    specs = registry()
+    _check_common(args)
+    names = list(specs)
+    if args.steps is not None:
+        names = list(dict.fromkeys(s.strip() for s in args.steps.split(",") if s.strip()))
+        unknown = [n for n in names if n not in specs]
+        if unknown or not names:
+            raise MechprobeError(
+                f"--steps: expected a comma list of {', '.join(specs)}; got {args.steps!r}"
+            )
+    if args.text is not None and not args.text.strip():
+        raise MechprobeError("--text: the text source is empty")
+    from mechprobe.models import static_shape
+    from mechprobe.runner.run import RunRequest, Step, resolve_steps
+
+    steps = []
+    for name in names:
+        spec = specs[name]
+        given = args.text is not None and spec.text_source
+        steps.append(Step(spec, spec.config(text=args.text) if given else None))
+    shape = static_shape(args.model)
+    if shape is not None:
+        resolve_steps(steps, shape)
+    _quiet_libraries()
+    from mechprobe.runner.run import run_steps
+
+    request = RunRequest(
+        model=args.model,
+        out=Path(args.out),
+        steps=steps,
+        resume=args.resume,
+        device=args.device,
+        png=False if args.no_png else None,
+        command=shlex.join(["mechprobe", *argv]),
+    )
+    outcome = run_steps(request)
+    failed = []
+    for name, done in outcome.steps.items():
+        spec = specs[name]
+        finding = spec.finding(done.result) if spec.finding else None
+        ok = spec.passed(done.result) if spec.passed else None
+        state = "reused" if done.reused else f"{done.manifest['wall_s']:.1f} s"
+        verdict = f"{finding.verdict}: {finding.key}" if finding else ""
+        check = {True: "checks pass", False: "CHECKS FAIL", None: ""}[ok]
+        print(f"{name:<11} {state:>9}  {'; '.join(x for x in (verdict, check) if x)}")
+        if ok is False:
+            failed.append(name)
+    print(f"report: {outcome.report}")
+    return 1 if failed else 0
+
+
+def dispatch(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the command; return its exit status."""
+    from mechprobe.cli.parser import build_parser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.command == "models":
+        from mechprobe.cli.models import models_table
+
+        print(models_table())
+        return 0
+    if args.command == "all":
+        return run_all(args, argv)
+    return run_experiment(registry()[args.command], args, argv)

@@ -1,0 +1,97 @@
+"""The argument parser, generated from the experiment specs; building it imports no torch.
+
+Every experiment in the registry becomes a subcommand whose options are its config's fields
+(`mechprobe.experiments.spec.cli_options`). Values are parsed later, all together, so that every
+invalid option of a command is reported at once (`mechprobe.cli.app`).
+
+Example:
+    >>> args = build_parser().parse_args(["heads", "--layer", "3", "--model", "tiny-gpt2"])
+    >>> args.command, args.cfg_layer, args.model
+    ('heads', '3', 'tiny-gpt2')
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mechprobe.experiments import registry
+from mechprobe.experiments.spec import cli_options
+
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_OUT = "mechprobe-out"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """Print ``mechprobe: error: message`` and exit 2 (no usage block)."""
+        sys.stderr.write(f"mechprobe: error: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(2)
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Options of every run: ``--model``, ``--device``, ``--out``, ``--resume``, ``--no-png``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="model name (see 'mechprobe models'), hub id or local directory "
+        f"(default: {DEFAULT_MODEL})",
+    )
+    common.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    common.add_argument(
+        "--out", default=DEFAULT_OUT, help=f"output directory (default: {DEFAULT_OUT})"
+    )
+    common.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse a step whose earlier result matches this request exactly (model, weights, "
+        "settings, inputs, versions); rerun the others and say why",
+    )
+    common.add_argument("--no-png", action="store_true", help="skip PNG export (HTML figures only)")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser: ``models``, one subcommand per experiment, ``all``."""
+    parser = OneLineParser(
+        prog="mechprobe",
+        description="Mechanistic-interpretability experiments on TransformerLens, "
+        "cross-checked against HuggingFace hooks. Each run writes OUT/<experiment>/ and the "
+        "report OUT/index.html.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = common_options()
+    sub.add_parser(
+        "models", help="list the known models and their shapes", description="List models."
+    )
+    specs = registry()
+    for name, spec in specs.items():
+        p = sub.add_parser(name, parents=[common], help=spec.help, description=spec.help)
+        for opt in cli_options(spec.config):
+            kwargs = {"dest": f"cfg_{opt.name}", "default": None}
+            text = opt.help + (f" [{', '.join(opt.choices)}]" if opt.choices else "")
+            if opt.is_flag:
+                p.add_argument(opt.flag, action="store_true", help=text, **kwargs)
+            else:
+                metavar = opt.metavar or opt.name.upper()
+                p.add_argument(opt.flag, metavar=metavar, help=text, **kwargs)
+    p = sub.add_parser(
+        "all",
+        parents=[common],
+        help="run every experiment on one model and write OUT/index.html",
+        description="Run every experiment (or --steps) with its defaults on one model, then "
+        "build the report.",
+    )
+    p.add_argument(
+        "--text",
+        default=None,
+        help="negation text: a path, an http(s) URL or gutenberg:ID (default: $MECHPROBE_TEXT, "
+        "else gutenberg:32154)",
+    )
+    p.add_argument(
+        "--steps", default=None, help=f"comma list of steps (default: {','.join(specs)})"
+    )
+    return parser

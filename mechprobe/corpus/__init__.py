@@ -1,0 +1,7 @@
+"""Texts and the tokens taken from them: sources, downloads, targets, sentences.
+
+Nothing in this package runs a model. Import from the modules: `mechprobe.corpus.text`
+(text sources), `mechprobe.corpus.download` (cached downloads), `mechprobe.corpus.targets`
+(the course's negation / affirmation targets and their windows), `mechprobe.corpus.sentences`
+(a target word located in sentences).
+"""

@@ -1,0 +1,283 @@
+"""The course's selection of negation / affirmation target tokens, and their context windows.
+
+Free of any model: :func:`select_targets` applies the course's rule to a list of decoded token
+strings and :func:`make_windows` cuts the context windows around the targets.
+
+Example:
+    >>> pieces = ["It", " is", " not", " here", " and", " can", " be"]
+    >>> select_targets(pieces, pre=1, post=1).positions.tolist()
+    [2, 5]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from mechprobe.errors import MechprobeError
+
+#: Label of an affirmation target.
+AFFIRMATION = 0
+#: Label of a negation target.
+NEGATION = 1
+#: Whole-token negations (besides any token containing ``'t`` or ``n't``).
+NEGATION_WORDS = frozenset({"not", "cannot", "nor", "never"})
+#: Affirmation (modal / assent) words.
+AFFIRMATION_WORDS = frozenset(
+    {
+        "agree",
+        "always",
+        "allow",
+        "can",
+        "certainly",
+        "could",
+        "definitely",
+        "may",
+        "might",
+        "shall",
+        "should",
+    }
+)
+
+
+def tokenize_text(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of the whole text: no BOS or other special tokens, no length warning.
+
+    Example:
+        >>> tokenize_text(model.tokenizer, "It is not.")  # doctest: +SKIP
+        [1026, 318, 407, 13]
+    """
+    try:
+        enc = tokenizer(text, add_special_tokens=False, verbose=False)
+    except TypeError:  # a tokenizer without the verbose flag
+        enc = tokenizer(text, add_special_tokens=False)
+    return list(enc["input_ids"])
+
+
+def decode_pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """Decode every token on its own: ``[tokenizer.decode([i]) for i in ids]``.
+
+    Example:
+        >>> decode_pieces(model.tokenizer, [1026, 318, 407])  # doctest: +SKIP
+        ['It', ' is', ' not']
+    """
+    return [tokenizer.decode([int(i)]) for i in ids]
+
+
+def classify_token(piece: str, next_piece: str) -> int | None:
+    """The course's rule for one candidate: ``NEGATION``, ``AFFIRMATION`` or ``None``.
+
+    ``tok = piece.strip().lower()``. Negation: ``"'t" in tok`` or ``"n't" in tok`` or
+    ``tok`` in {not, cannot, nor, never}. Affirmation: ``tok`` in {agree, always, allow,
+    can, certainly, could, definitely, may, might, shall, should} and
+    ``next_piece != " not"``. Both need ``next_piece`` to start with a space.
+
+    Example:
+        >>> classify_token(" not", " be"), classify_token(" can", " be")
+        (1, 0)
+        >>> classify_token(" can", " not"), classify_token("n't", ".")
+        (None, None)
+    """
+    if not next_piece.startswith(" "):
+        return None
+    tok = piece.strip().lower()
+    if "'t" in tok or "n't" in tok or tok in NEGATION_WORDS:
+        return NEGATION
+    if tok in AFFIRMATION_WORDS and next_piece != " not":
+        return AFFIRMATION
+    return None
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Target token positions and labels, in text order.
+
+    Attributes:
+        positions: Index of each target in the tokenized text (int64).
+        labels: ``AFFIRMATION`` (0) or ``NEGATION`` (1) per target (int8).
+    """
+
+    positions: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.positions.shape[0])
+
+    def count(self, label: int) -> int:
+        """How many targets carry ``label``.
+
+        Example:
+            >>> Targets(np.array([3, 5]), np.array([1, 0], dtype=np.int8)).count(NEGATION)
+            1
+        """
+        return int((self.labels == label).sum())
+
+    def take(self, index: np.ndarray) -> Targets:
+        """The targets at ``index`` (an index array or boolean mask), order preserved."""
+        return Targets(self.positions[index], self.labels[index])
+
+
+def select_targets(pieces: Sequence[str], pre: int = 90, post: int = 10) -> Targets:
+    """Apply :func:`classify_token` at every candidate ``ti`` in ``range(pre, n - post)``.
+
+    Args:
+        pieces: Decoded tokens of the whole text (``decode([id])`` each).
+        pre: Tokens of context before a target (the window starts at ``ti - pre``).
+        post: Tokens after a target (the window ends at ``ti + post``); at least 1, since
+            the rule looks at the next token.
+
+    Returns:
+        Every match, in text order.
+
+    Raises:
+        MechprobeError: For ``pre < 0`` or ``post < 1``.
+
+    Example:
+        >>> select_targets(["a", " not", " b", " may", " c"], pre=1, post=1).labels.tolist()
+        [1, 0]
+    """
+    if pre < 0:
+        raise MechprobeError(f"context-pre must be >= 0, got {pre}")
+    if post < 1:
+        raise MechprobeError(
+            f"context-post must be >= 1 (the rule reads the next token), got {post}"
+        )
+    positions: list[int] = []
+    labels: list[int] = []
+    for ti in range(pre, len(pieces) - post):
+        label = classify_token(pieces[ti], pieces[ti + 1])
+        if label is not None:
+            positions.append(ti)
+            labels.append(label)
+    return Targets(np.asarray(positions, dtype=np.int64), np.asarray(labels, dtype=np.int8))
+
+
+def first_per_class(targets: Targets, n: int) -> Targets:
+    """Keep the first ``n`` targets of each class, in text order.
+
+    Example:
+        >>> t = Targets(np.arange(5), np.array([1, 1, 0, 1, 0], dtype=np.int8))
+        >>> first_per_class(t, 1).positions.tolist()
+        [0, 2]
+    """
+    if n < 1:
+        raise MechprobeError(f"max-samples must be at least 1, got {n}")
+    keep = np.zeros(len(targets), dtype=bool)
+    for label in (AFFIRMATION, NEGATION):
+        keep[np.flatnonzero(targets.labels == label)[:n]] = True
+    return targets.take(keep)
+
+
+def balance_targets(targets: Targets, seed: int = 0) -> Targets:
+    """Subsample the larger class (without replacement, seeded) to the size of the smaller.
+
+    The kept targets stay in text order.
+
+    Example:
+        >>> t = Targets(np.arange(5), np.array([1, 1, 0, 1, 0], dtype=np.int8))
+        >>> balance_targets(t, seed=0).count(NEGATION)
+        2
+    """
+    n = min(targets.count(AFFIRMATION), targets.count(NEGATION))
+    rng = np.random.default_rng(seed)
+    keep = np.zeros(len(targets), dtype=bool)
+    for label in (AFFIRMATION, NEGATION):
+        idx = np.flatnonzero(targets.labels == label)
+        keep[rng.choice(idx, size=n, replace=False) if len(idx) > n else idx] = True
+    return targets.take(keep)
+
+
+def make_windows(
+    ids: Sequence[int], positions: np.ndarray, pre: int, post: int
+) -> Int[Tensor, "batch pos"]:
+    """Windows ``ids[ti - pre : ti + post + 1]`` around each target (target at index ``pre``).
+
+    Example:
+        >>> make_windows(list(range(10)), np.array([3]), pre=2, post=1).tolist()
+        [[1, 2, 3, 4]]
+    """
+    ids_t = torch.as_tensor(list(ids), dtype=torch.long)
+    pos = torch.as_tensor(np.asarray(positions), dtype=torch.long)
+    if pos.numel() and (int(pos.min()) < pre or int(pos.max()) + post >= ids_t.numel()):
+        raise MechprobeError("a target's window runs past the text")
+    offsets = torch.arange(-pre, post + 1)
+    return ids_t[pos[:, None] + offsets[None, :]]
+
+
+@dataclass(frozen=True)
+class Samples:
+    """The tokenized text, its targets and their windows.
+
+    Attributes:
+        ids: Token ids of the whole text.
+        pieces: Each token decoded on its own.
+        targets: The targets used (after ``max_samples`` / ``balance``).
+        n_found: Targets found per class before subsampling (``{"affirmation", "negation"}``).
+        windows: ``[n, pre + post + 1]`` token ids; the target sits at index ``pre``.
+    """
+
+    ids: list[int]
+    pieces: list[str]
+    targets: Targets
+    n_found: dict[str, int]
+    windows: Int[Tensor, "batch pos"]
+
+
+def prepare_samples(
+    tokenizer: Any,
+    text: str,
+    *,
+    pre: int,
+    post: int,
+    max_samples: int | None = None,
+    balance: bool = False,
+    seed: int = 0,
+) -> Samples:
+    """Tokenize ``text``, select targets (course rule) and cut their windows.
+
+    Raises:
+        MechprobeError: Text too short for one window, or no target of a class.
+
+    Args:
+        tokenizer: The model's tokenizer.
+        text: The whole text.
+        pre: Tokens of context before a target.
+        post: Tokens after a target.
+        max_samples: Keep the first N targets of each class (text order).
+        balance: Subsample the larger class to the size of the smaller (seeded).
+        seed: Seed of ``balance``.
+
+    Example:
+        >>> text = "It is not here, and you can not go. We may go. " * 20
+        >>> s = prepare_samples(tok, text, pre=5, post=2)
+        >>> s.windows.shape[1], s.n_found
+        (8, {'affirmation': 20, 'negation': 39})
+    """
+    ids = tokenize_text(tokenizer, text)
+    if len(ids) <= pre + post:
+        raise MechprobeError(
+            f"text too short: {len(ids)} tokens, need more than {pre + post} "
+            f"(context {pre} before and {post} after a target)"
+        )
+    pieces = decode_pieces(tokenizer, ids)
+    targets = select_targets(pieces, pre, post)
+    n_found = {"affirmation": targets.count(AFFIRMATION), "negation": targets.count(NEGATION)}
+    missing = [name for name, n in n_found.items() if n == 0]
+    if missing:
+        raise MechprobeError(
+            f"no {' or '.join(missing)} targets in the text ({len(ids)} tokens, "
+            f"{n_found['affirmation']} affirmation, {n_found['negation']} negation); "
+            "both classes are needed"
+        )
+    if max_samples is not None:
+        targets = first_per_class(targets, max_samples)
+    if balance:
+        targets = balance_targets(targets, seed)
+    windows = make_windows(ids, targets.positions, pre, post)
+    return Samples(ids, pieces, targets, n_found, windows)

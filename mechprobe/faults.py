@@ -1,0 +1,26 @@
+"""Failpoints: named places where a test can make the process die, to prove crash safety.
+
+A test sets ``MECHPROBE_FAILPOINT=<name>`` (a comma list works too) and runs a command in a
+subprocess; when the run reaches `failpoint` with that name, the process SIGKILLs itself, as a
+power cut or the OOM killer would. With the variable unset this costs one dictionary lookup.
+The runner's points are ``<step>:computed`` (results in memory, nothing written),
+``<step>:written`` (the step's temporary directory complete, not yet swapped in) and
+``<step>:swapping`` (the old directory set aside, the new one not yet in place).
+
+Example:
+    >>> failpoint("negation:written")  # no-op unless MECHPROBE_FAILPOINT names it
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "MECHPROBE_FAILPOINT"
+
+
+def failpoint(name: str) -> None:
+    """SIGKILL this process if ``$MECHPROBE_FAILPOINT`` names ``name``."""
+    wanted = os.environ.get(ENV)
+    if wanted and name in wanted.split(","):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,75 @@
+r"""One look for every figure: a plotly template, the colours of recurring things, token display.
+
+Example:
+    >>> fig = themed(go.Figure(go.Scatter(y=[1, 2])), title="demo")
+    >>> fig.layout.template.layout.font.family
+    'system-ui, -apple-system, Segoe UI, sans-serif'
+    >>> show_token(" not\r\n")
+    '·not↵'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+import plotly.io as pio
+
+#: Colours of Q, K, V, Q|K|V together and the MLP, the two classes, baseline and intervention.
+COLOURS = {
+    "q": "#2a9d8f",
+    "k": "#8e6cc0",
+    "v": "#e9a03b",
+    "qkv": "#6c757d",
+    "mlp": "#3a6fb0",
+    "class0": "#3a6fb0",
+    "class1": "#d1495b",
+    "baseline": "rgba(120,120,120,0.55)",
+    "accent": "#d1495b",
+}
+#: Sequential colour scale (depth, magnitudes) and diverging scale (signed values).
+SEQUENTIAL = "Viridis"
+DIVERGING = "RdBu_r"
+
+TEMPLATE = go.layout.Template(pio.templates["plotly_white"])
+TEMPLATE.layout.update(
+    font={"family": "system-ui, -apple-system, Segoe UI, sans-serif", "size": 13, "color": "#222"},
+    title={"font": {"size": 16}, "x": 0.01, "xanchor": "left"},
+    colorway=["#3a6fb0", "#d1495b", "#2a9d8f", "#e9a03b", "#8e6cc0", "#6c757d", "#66a182"],
+    margin={"l": 70, "r": 30, "t": 80, "b": 60},
+    legend={"bgcolor": "rgba(255,255,255,0.7)"},
+    hoverlabel={"font": {"size": 12}},
+)
+
+
+def themed(fig: go.Figure, **layout: Any) -> go.Figure:
+    """Apply mechprobe's template (and any layout settings) to ``fig``; return it.
+
+    Example:
+        >>> themed(go.Figure(), height=300).layout.height
+        300
+    """
+    fig.update_layout(template=TEMPLATE, **layout)
+    return fig
+
+
+_VISIBLE = {"\r\n": "↵", "\n": "↵", "\r": "↵", "\t": "→", " ": "·"}
+
+
+def show_token(piece: str) -> str:
+    r"""A token with its whitespace drawn visibly: space ``·``, newline ``↵``, tab ``→``.
+
+    Example:
+        >>> show_token("\n\n"), show_token(" can")
+        ('↵↵', '·can')
+    """
+    out, i = [], 0
+    while i < len(piece):
+        two = piece[i : i + 2]
+        if two == "\r\n":
+            out.append(_VISIBLE[two])
+            i += 2
+            continue
+        out.append(_VISIBLE.get(piece[i], piece[i]))
+        i += 1
+    return "".join(out)

@@ -1,0 +1,281 @@
+"""Run experiment steps on one model into an output directory, and rebuild its report.
+
+The order of a run, so that bad input fails before anything is computed:
+
+1. the output directory is created, checked writable and locked (a second run exits at once);
+   debris of a killed run (temporary step directories) is cleaned up;
+2. every step's settings are resolved against the model's shape (known without loading for the
+   registry's models and local directories) and every invalid setting is reported at once;
+3. every step's inputs are loaded and hashed (a missing text file fails here);
+4. with ``resume``, a step whose manifest matches the request exactly is reused, and every other
+   step says in one line why it runs again;
+5. the model (and the HF reference, if a step needs it) is loaded once, and each remaining step
+   runs and is written as a whole with its manifest;
+6. the report is rebuilt from what is on disk.
+
+Example:
+    >>> from mechprobe.experiments import get
+    >>> outcome = run_steps(RunRequest("tiny-gpt2", Path("out"), [Step(get("heads"))]))
+    >>> outcome.steps["heads"].reused, outcome.report.name
+    (False, 'index.html')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mechprobe.errors import ConfigError
+from mechprobe.experiments.result import ExperimentResult
+from mechprobe.experiments.spec import Experiment
+
+
+@dataclass
+class Step:
+    """One experiment to run, with its settings as asked for (None: the defaults).
+
+    Attributes:
+        spec: The experiment.
+        config: Its config (an instance of ``spec.config``); None for the defaults.
+    """
+
+    spec: Experiment
+    config: Any = None
+
+    def requested(self) -> Any:
+        """The config as asked for."""
+        return self.config if self.config is not None else self.spec.config()
+
+
+@dataclass
+class RunRequest:
+    """A run: which model, where, which steps.
+
+    Attributes:
+        model: Model name (see ``mechprobe models``), hub id or local directory.
+        out: The output directory.
+        steps: The steps, in order.
+        resume: Reuse steps whose manifest matches the request exactly.
+        device: Torch device (None: CUDA if available, else CPU).
+        png: Export PNG figures (None: when a browser is available).
+        command: The command line, recorded in the manifests and the lock.
+    """
+
+    model: str
+    out: Path
+    steps: list[Step]
+    resume: bool = False
+    device: str | None = None
+    png: bool | None = None
+    command: str = "mechprobe (library call)"
+
+
+@dataclass
+class StepOutcome:
+    """What happened to one step.
+
+    Attributes:
+        path: Its directory.
+        reused: Whether an earlier result was reused (``--resume``).
+        reason: Why it ran (with ``resume``), or why it was reused.
+        result: The result (loaded from disk when reused).
+        manifest: Its manifest.
+    """
+
+    path: Path
+    reused: bool
+    reason: str
+    result: ExperimentResult
+    manifest: dict[str, Any]
+
+
+@dataclass
+class RunOutcome:
+    """The steps of a run and the report.
+
+    Attributes:
+        steps: ``{name: StepOutcome}`` in run order.
+        report: Path of ``OUT/index.html``.
+        timings: Wall time per phase (``load`` and each step run), seconds.
+    """
+
+    steps: dict[str, StepOutcome] = field(default_factory=dict)
+    report: Path = Path()
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def resolve_steps(
+    steps: list[Step], shape: Any, *, prefix: Callable[[Step], str] | None = None
+) -> dict[str, Any]:
+    """Resolve every step's config against ``shape``; raise one `ConfigError` for all problems.
+
+    Args:
+        steps: The steps.
+        shape: The model's `ModelShape`.
+        prefix: Names each problem's setting for a step (default: ``"<step>.<setting>"`` when
+            there are several steps, the setting alone for one).
+
+    Example:
+        >>> from mechprobe.experiments import get
+        >>> from mechprobe.models import static_shape
+        >>> cfg = resolve_steps([Step(get("heads"))], static_shape("tiny-gpt2"))
+        >>> cfg["heads"].layer
+        1
+    """
+    resolved, problems = {}, []
+    for step in steps:
+        try:
+            resolved[step.spec.name] = step.spec.resolve(step.requested(), shape)
+        except ConfigError as exc:
+            name = prefix or (lambda s: f"{s.spec.name}." if len(steps) > 1 else "")
+            problems += [(f"{name(step)}{n}", m) for n, m in exc.problems]
+    if problems:
+        raise ConfigError(problems)
+    return resolved
+
+
+def run_steps(request: RunRequest, *, log: Callable[[str], None] = _log) -> RunOutcome:
+    """Run ``request`` (see the module docstring for the order of things).
+
+    Args:
+        request: The run.
+        log: Where progress lines go (default: stderr).
+
+    Returns:
+        What each step did, and the report's path.
+
+    Raises:
+        MechprobeError: Bad settings or inputs, a held or unwritable output directory, a model
+            that cannot be loaded.
+    """
+    from mechprobe.io import recover_directories
+    from mechprobe.models import describe, static_shape
+    from mechprobe.runner.lock import out_lock
+    from mechprobe.runner.manifest import mismatch, read_manifest
+    from mechprobe.runner.manifest import request as make_request
+    from mechprobe.runner.steps import load_result, verify_step
+
+    outcome = RunOutcome()
+    with out_lock(request.out, request.command) as out:
+        for line in recover_directories(out):
+            log(f"[clean] {line} (left by an interrupted run)")
+        shape = static_shape(request.model)
+        resolved = resolve_steps(request.steps, shape) if shape is not None else None
+        model_id = describe(request.model)
+        device = _device_type(request.device)
+        requests, todo = {}, []
+        for step in request.steps:
+            name = step.spec.name
+            inputs = step.spec.inputs(step.requested())
+            requests[name] = make_request(
+                name, model_id, dataclasses.asdict(step.requested()), inputs, device
+            )
+            manifest = read_manifest(out / name)
+            why = mismatch(manifest, requests[name]) if request.resume else "not resuming"
+            if why is None:
+                why = verify_step(out / name, manifest)
+            if why is None:
+                log(f"[reuse] {name}: an earlier result answers this request exactly")
+                outcome.steps[name] = StepOutcome(
+                    out / name, True, "manifest matches", load_result(out / name), manifest
+                )
+            else:
+                if request.resume:
+                    log(f"[rerun] {name}: {why}")
+                todo.append(step)
+        if todo:
+            model, reference, loaded_shape = _load(request, todo, outcome, log)
+            if resolved is None:
+                resolved = resolve_steps(request.steps, loaded_shape)
+            for i, step in enumerate(todo, 1):
+                name = step.spec.name
+                log(f"[{i}/{len(todo)}] {name}")
+                outcome.steps[name] = _run_one(
+                    out, step, resolved[name], model, reference, requests[name], request
+                )
+                outcome.timings[name] = outcome.steps[name].manifest["wall_s"]
+                log(f"[{i}/{len(todo)}] {name}: done in {outcome.timings[name]:.1f} s")
+        outcome.steps = {s.spec.name: outcome.steps[s.spec.name] for s in request.steps}
+        from mechprobe.report import build_report
+
+        outcome.report = build_report(out)
+    return outcome
+
+
+def _device_type(device: str | None) -> str:
+    if device is not None:
+        return str(device).split(":")[0]
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _load(
+    request: RunRequest, todo: list[Step], outcome: RunOutcome, log: Callable[[str], None]
+) -> tuple[Any, Any, Any]:
+    from mechprobe.models import load_model, load_reference, model_shape
+
+    t0 = time.perf_counter()
+    log(f"[load] {request.model}")
+    model = load_model(request.model, device=request.device)
+    reference = None
+    if any(s.spec.needs_reference for s in todo):
+        reference = load_reference(request.model, device=request.device)
+    outcome.timings["load"] = time.perf_counter() - t0
+    return model, reference, model_shape(model)
+
+
+def _run_one(
+    out: Path,
+    step: Step,
+    config: Any,
+    model: Any,
+    reference: Any,
+    req: dict[str, Any],
+    request: RunRequest,
+) -> StepOutcome:
+    import importlib
+
+    from mechprobe.faults import failpoint
+    from mechprobe.runner.manifest import environment, package_versions
+    from mechprobe.runner.memory import peak_rss_mb, reset_peak
+    from mechprobe.runner.steps import write_step
+
+    spec = step.spec
+    was_reset = reset_peak()
+    started, t0 = time.time(), time.perf_counter()
+    result = spec.run(config, model, reference if spec.needs_reference else None)
+    compute = time.perf_counter() - t0
+    figures = importlib.import_module(f"mechprobe.plots.{spec.name}").figures(result)
+    wall = time.perf_counter() - t0
+    peak, peak_how = peak_rss_mb(was_reset)
+    failpoint(f"{spec.name}:computed")
+    manifest = {
+        "step": spec.name,
+        "request": req,
+        "model": req["model"],
+        "config": dataclasses.asdict(config),
+        "inputs": req["inputs"],
+        "versions": package_versions(),
+        "environment": environment(),
+        "command": request.command,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "wall_s": round(wall, 3),
+        "compute_s": round(compute, 3),
+        "peak_rss_mb": round(peak, 1),
+        "peak_rss": peak_how,
+    }
+    path = write_step(out, spec, result, figures, manifest, png=request.png)
+    from mechprobe.runner.manifest import read_manifest
+
+    return StepOutcome(path, False, "ran", result, read_manifest(path) or manifest)
