@@ -370,3 +370,26 @@ def check_bandwidth(bandwidth: float | str | None) -> float | str:
             "normal range); use a factor near 1, 'scott' or 'silverman'"
         )
     return factor
+
+
+def fit_context(ids: Sequence[int], n_ctx: int, truncate: bool, what: str = "the text") -> list:
+    """Token ids that fit the context: too long is an error, or cut to ``n_ctx`` with ``truncate``.
+
+    Example:
+        >>> fit_context([1, 2, 3], 2, truncate=True)
+        [1, 2]
+        >>> fit_context([1, 2, 3], 2, truncate=False)
+        Traceback (most recent call last):
+        ...
+        mechprobe.errors.MechprobeError: the text has 3 tokens, ... (truncate keeps the first 2)
+    """
+    ids = list(ids)
+    if truncate and len(ids) > n_ctx:
+        return ids[:n_ctx]
+    try:
+        check_context(len(ids), n_ctx, what)
+    except MechprobeError as exc:
+        if len(ids) > n_ctx:
+            raise MechprobeError(f"{exc} (truncate keeps the first {n_ctx:,})") from None
+        raise
+    return ids

@@ -233,6 +233,7 @@ DAMAGE = {
 }
 
 
+@pytest.mark.faults
 @pytest.mark.unit
 @pytest.mark.parametrize("how", list(DAMAGE))
 def test_damaged_cache_is_rebuilt_with_clean_numbers(how, tiny_gguf, cache_root, clean_run, caplog):
@@ -257,6 +258,7 @@ def test_damaged_cache_is_rebuilt_with_clean_numbers(how, tiny_gguf, cache_root,
     assert sorted(p.name for p in d.parent.iterdir()) == [f".{d.name}.lock", d.name]
 
 
+@pytest.mark.faults
 @pytest.mark.unit
 def test_failed_build_leaves_nothing_behind(cache_root):
     dest = cache_dir("models") / "broken"
@@ -270,6 +272,7 @@ def test_failed_build_leaves_nothing_behind(cache_root):
     assert [p.name for p in dest.parent.iterdir()] == [".broken.lock"]
 
 
+@pytest.mark.faults
 @pytest.mark.unit
 def test_killed_conversion_leftover_is_removed(cache_root, caplog):
     dest = cache_root / "models" / "slow"
@@ -330,6 +333,7 @@ def test_cached_sha256_follows_changes(tmp_path, cache_root):
     assert cached_sha256(f) == hashlib.sha256(b"b" * 1000).hexdigest()
 
 
+@pytest.mark.faults
 @pytest.mark.integration
 def test_damaged_smollm2_cache_is_rebuilt(tmp_path, monkeypatch, caplog):
     """The real model: a copy of the user's cache, one tensor scaled by 3, rebuilt from the GGUF."""

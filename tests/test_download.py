@@ -28,7 +28,7 @@ from mechprobe.corpus.download import cache_file, cached_download, check_redirec
 from mechprobe.corpus.text import load_text
 from mechprobe.errors import MechprobeError
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.faults]
 
 GOOD = b"It is not here.\r\nShe could not see the boat, but she can swim.\r\n" * 40
 CAP = 256 * 1024  # the size cap used in these tests

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
+import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
 
 from mechprobe.stats import LogisticFit, fit_logistic
+from mechprobe.stats._newton import F32_PASSES
 
 pytestmark = pytest.mark.unit
 
@@ -317,6 +321,28 @@ def test_outlier_dominated_units_converge_and_match_statsmodels():
         assert fit.accuracy[j] == sm_accuracy(sm_fit(x[:, j], y), y)
 
 
+def test_units_needing_several_float64_passes_match_statsmodels():
+    """Strong effects need more float64 passes than a chunk's first one: such units are
+    finished together after all chunks, with statsmodels' results in any chunking."""
+    rng = np.random.default_rng(8)
+    y = (rng.random(300) < 0.5).astype(np.float64)
+    effects = np.array([2.5, 3.0, 3.5, 4.0, -3.0, 0.0, 0.3])
+    x = rng.normal(size=(300, effects.size)) + effects * y[:, None]
+    fit = fit_logistic(x, y)
+    assert fit.converged.all()
+    assert (fit.n_iter[1:5] > F32_PASSES + 1).all()  # at least two float64 passes
+    for j in range(effects.size):
+        res = sm_fit(x[:, j], y)
+        assert res.mle_retvals["converged"]
+        assert_allclose(fit.beta[j], res.params[1], rtol=RTOL_BETA)
+        assert_allclose(fit.se[j], res.bse[1], rtol=RTOL_BETA)
+        assert_allclose(np.log10(fit.pvalue[j]), np.log10(res.pvalues[1]), atol=ATOL_LOG10P)
+        assert fit.accuracy[j] == sm_accuracy(res, y)
+    one_by_one = fit_logistic(x, y, chunk_size=1)
+    for f in dataclasses.fields(LogisticFit):
+        assert_allclose(getattr(one_by_one, f.name), getattr(fit, f.name), rtol=1e-12, atol=0)
+
+
 def test_max_iter_reached_is_not_converged(data):
     x, y = data
     fit = fit_logistic(x[:, :20], y, max_iter=1)
@@ -347,3 +373,27 @@ def test_cuda_matches_cpu(data):
     assert_allclose(gpu.beta, cpu.beta, rtol=1e-9)
     assert_allclose(gpu.pvalue, cpu.pvalue, rtol=1e-6)
     assert_array_equal(gpu.accuracy, cpu.accuracy)
+
+
+def test_bench_probe_prints_both_sides_load_and_agreement(capsys):
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_probe.py"
+    spec = importlib.util.spec_from_file_location("bench_probe", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = ["--samples", "150", "--units", "120", "--statsmodels-units", "30", "--repeats", "1"]
+    bench.main(args)
+    rows = dict(
+        re.split(r"\s{2,}", line, maxsplit=1) for line in capsys.readouterr().out.splitlines()
+    )
+    assert re.fullmatch(
+        r"[\d.]+ wall, [\d.]+ cpu \(best of 1; median wall [\d.]+\)", rows["fit_logistic seconds"]
+    )
+    assert re.fullmatch(
+        r"[\d.]+ wall, [\d.]+ cpu \(.+ ms per unit; .+\)", rows["statsmodels seconds"]
+    )
+    assert re.fullmatch(r"\d+x wall, \d+x cpu", rows["ratio (speed-up)"])
+    loads = re.fullmatch(r"1/5/15 min (.+) at the start, (.+) at the end", rows["load average"])
+    assert loads and len((loads[1] + " " + loads[2]).split()) == 6
+    assert float(rows["max relative beta diff"]) < 1e-9
+    assert float(rows["max |log10 p diff|"]) < 1e-6
+    assert rows["accuracy identical"].startswith("yes")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from jaxtyping import Int
 from torch import Tensor
 
 from mechprobe.errors import MechprobeError
+
+if TYPE_CHECKING:
+    from mechprobe.corpus.classes import ClassSet
 
 #: Label of an affirmation target.
 AFFIRMATION = 0
@@ -100,7 +103,8 @@ class Targets:
 
     Attributes:
         positions: Index of each target in the tokenized text (int64).
-        labels: ``AFFIRMATION`` (0) or ``NEGATION`` (1) per target (int8).
+        labels: ``AFFIRMATION`` (0) or ``NEGATION`` (1) per target (int8); with a class set,
+            the class's index.
     """
 
     positions: np.ndarray
@@ -158,8 +162,10 @@ def select_targets(pieces: Sequence[str], pre: int = 90, post: int = 10) -> Targ
     return Targets(np.asarray(positions, dtype=np.int64), np.asarray(labels, dtype=np.int8))
 
 
-def first_per_class(targets: Targets, n: int) -> Targets:
-    """Keep the first ``n`` targets of each class, in text order.
+def first_per_class(
+    targets: Targets, n: int, classes: Sequence[int] = (AFFIRMATION, NEGATION)
+) -> Targets:
+    """Keep the first ``n`` targets of each class (labels ``classes``), in text order.
 
     Example:
         >>> t = Targets(np.arange(5), np.array([1, 1, 0, 1, 0], dtype=np.int8))
@@ -169,25 +175,27 @@ def first_per_class(targets: Targets, n: int) -> Targets:
     if n < 1:
         raise MechprobeError(f"max-samples must be at least 1, got {n}")
     keep = np.zeros(len(targets), dtype=bool)
-    for label in (AFFIRMATION, NEGATION):
+    for label in classes:
         keep[np.flatnonzero(targets.labels == label)[:n]] = True
     return targets.take(keep)
 
 
-def balance_targets(targets: Targets, seed: int = 0) -> Targets:
-    """Subsample the larger class (without replacement, seeded) to the size of the smaller.
+def balance_targets(
+    targets: Targets, seed: int = 0, classes: Sequence[int] = (AFFIRMATION, NEGATION)
+) -> Targets:
+    """Subsample every class of ``classes`` (without replacement, seeded) to the smallest's size.
 
-    The kept targets stay in text order.
+    The kept targets stay in text order; targets of labels outside ``classes`` are dropped.
 
     Example:
         >>> t = Targets(np.arange(5), np.array([1, 1, 0, 1, 0], dtype=np.int8))
         >>> balance_targets(t, seed=0).count(NEGATION)
         2
     """
-    n = min(targets.count(AFFIRMATION), targets.count(NEGATION))
+    n = min(targets.count(label) for label in classes)
     rng = np.random.default_rng(seed)
     keep = np.zeros(len(targets), dtype=bool)
-    for label in (AFFIRMATION, NEGATION):
+    for label in classes:
         idx = np.flatnonzero(targets.labels == label)
         keep[rng.choice(idx, size=n, replace=False) if len(idx) > n else idx] = True
     return targets.take(keep)
@@ -218,7 +226,8 @@ class Samples:
         ids: Token ids of the whole text.
         pieces: Each token decoded on its own.
         targets: The targets used (after ``max_samples`` / ``balance``).
-        n_found: Targets found per class before subsampling (``{"affirmation", "negation"}``).
+        n_found: Targets found per class name before subsampling (``{"affirmation": ...,
+            "negation": ...}`` for the course's rule), in label order.
         windows: ``[n, pre + post + 1]`` token ids; the target sits at index ``pre``.
     """
 
@@ -238,8 +247,11 @@ def prepare_samples(
     max_samples: int | None = None,
     balance: bool = False,
     seed: int = 0,
+    classes: ClassSet | None = None,
+    unit: str = "token",
+    word_token: str = "first",
 ) -> Samples:
-    """Tokenize ``text``, select targets (course rule) and cut their windows.
+    """Tokenize ``text``, select targets (course rule, or ``classes``) and cut their windows.
 
     Raises:
         MechprobeError: Text too short for one window, or no target of a class.
@@ -250,8 +262,12 @@ def prepare_samples(
         pre: Tokens of context before a target.
         post: Tokens after a target.
         max_samples: Keep the first N targets of each class (text order).
-        balance: Subsample the larger class to the size of the smaller (seeded).
+        balance: Subsample every class to the size of the smallest (seeded).
         seed: Seed of ``balance``.
+        classes: A class set (:mod:`mechprobe.corpus.classes`) instead of the course's rule;
+            its negation preset gives the same samples as None.
+        unit: ``"token"`` or ``"word"``, with ``classes`` (see ``ClassSet.select``).
+        word_token: ``"first"`` or ``"last"``: where a word's target sits, with ``classes``.
 
     Example:
         >>> text = "It is not here, and you can not go. We may go. " * 20
@@ -266,18 +282,23 @@ def prepare_samples(
             f"(context {pre} before and {post} after a target)"
         )
     pieces = decode_pieces(tokenizer, ids)
-    targets = select_targets(pieces, pre, post)
-    n_found = {"affirmation": targets.count(AFFIRMATION), "negation": targets.count(NEGATION)}
+    if classes is None:
+        targets, names = select_targets(pieces, pre, post), ("affirmation", "negation")
+    else:
+        targets = classes.select(pieces, pre, post, unit=unit, word_token=word_token)
+        names = classes.names
+    n_found = {name: targets.count(k) for k, name in enumerate(names)}
     missing = [name for name, n in n_found.items() if n == 0]
     if missing:
+        found = ", ".join(f"{n} {name}" for name, n in n_found.items())
         raise MechprobeError(
-            f"no {' or '.join(missing)} targets in the text ({len(ids)} tokens, "
-            f"{n_found['affirmation']} affirmation, {n_found['negation']} negation); "
-            "both classes are needed"
+            f"no {' or '.join(missing)} targets in the text ({len(ids)} tokens, {found}); "
+            + ("both classes are needed" if len(names) == 2 else "every class is needed")
         )
+    labels = range(len(names))
     if max_samples is not None:
-        targets = first_per_class(targets, max_samples)
+        targets = first_per_class(targets, max_samples, labels)
     if balance:
-        targets = balance_targets(targets, seed)
+        targets = balance_targets(targets, seed, labels)
     windows = make_windows(ids, targets.positions, pre, post)
     return Samples(ids, pieces, targets, n_found, windows)

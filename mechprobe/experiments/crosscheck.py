@@ -50,10 +50,12 @@ class CrosscheckConfig:
     Attributes:
         text: Text to run (no BOS is added).
         tolerance: Largest allowed max-abs difference.
+        truncate: Cut a text longer than the model's context (else that is an error).
     """
 
     text: str = option(DEFAULT_TEXT, "text to run, no BOS (default: a shipped sentence)")
     tolerance: float = option(1e-4, "largest max |diff| allowed (1e-4)", parse=parse_float)
+    truncate: bool = option(False, "cut a text longer than the model's context to fit it")
 
 
 def resolve(config: CrosscheckConfig, shape: ModelShape) -> CrosscheckConfig:
@@ -122,13 +124,13 @@ def run(config: CrosscheckConfig, model: Any, reference: Any) -> ExperimentResul
     from mechprobe.hooks import FINAL_NORM, hook_name
     from mechprobe.models.registry import model_shape
     from mechprobe.reference import capture_reference
-    from mechprobe.validate import check_context
+    from mechprobe.validate import fit_context
 
     hf, tok = reference
     shape = model_shape(model)
-    ids = tok(config.text, add_special_tokens=False).input_ids
     p = Problems()
-    p.check("text", check_context, len(ids), shape.n_ctx)
+    ids = tok(config.text, add_special_tokens=False).input_ids
+    ids = p.check("text", fit_context, ids, shape.n_ctx, config.truncate)
     p.raise_if_any()
     tokens = torch.tensor([ids])
     ref = capture_reference(hf, tokens)

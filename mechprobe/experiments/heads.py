@@ -78,6 +78,7 @@ class HeadsConfig:
         text: Text to run (no BOS); None: `default_text`.
         bandwidth: ``gaussian_kde`` bandwidth: None or ``"scott"``, ``"silverman"``, a factor.
         tolerance: Largest max-abs difference the parity checks allow.
+        truncate: Cut a text longer than the model's context (else that is an error).
 
     Example:
         >>> resolve(HeadsConfig(), model_shape(model)).layer  # tiny-gpt2: 2 layers
@@ -94,6 +95,7 @@ class HeadsConfig:
         None, "KDE bandwidth: a positive factor, scott (default) or silverman", parse=str
     )
     tolerance: float = option(1e-5, "largest parity |diff| allowed (1e-5)", parse=parse_float)
+    truncate: bool = option(False, "cut a text longer than the model's context to fit it")
 
 
 def resolve(config: HeadsConfig, shape: ModelShape) -> HeadsConfig:
@@ -124,7 +126,7 @@ def inputs(config: HeadsConfig) -> dict[str, str]:
     return {"text": text_source(config.text or default_text()).sha256}
 
 
-def tokenize(tokenizer: Any, text: str, n_ctx: int) -> Any:
+def tokenize(tokenizer: Any, text: str, n_ctx: int, truncate: bool = False) -> Any:
     """Token ids of ``text`` without BOS, ``[1, pos]``; 3 tokens at least, the context at most.
 
     Example:
@@ -133,7 +135,7 @@ def tokenize(tokenizer: Any, text: str, n_ctx: int) -> Any:
     """
     import torch
 
-    from mechprobe.validate import check_context
+    from mechprobe.validate import fit_context
 
     ids = tokenizer(text, add_special_tokens=False).input_ids
     p = Problems()
@@ -143,7 +145,7 @@ def tokenize(tokenizer: Any, text: str, n_ctx: int) -> Any:
             f"the text has {len(ids)} token(s); the head analysis needs at least {MIN_TOKENS} "
             "(first token, at least one middle token, last token)",
         )
-    p.check("text", check_context, len(ids), n_ctx)
+    ids = p.check("text", fit_context, ids, n_ctx, truncate) or ids
     p.raise_if_any()
     return torch.tensor([ids], dtype=torch.long)
 
@@ -178,7 +180,7 @@ def run(config: HeadsConfig, model: Any, reference: Any) -> ExperimentResult:
     start = time.perf_counter()
     shape = model_shape(model)
     layer = config.layer
-    tokens = tokenize(model.tokenizer, config.text, shape.n_ctx)
+    tokens = tokenize(model.tokenizer, config.text, shape.n_ctx, config.truncate)
     rotary = all(hook_name(layer, p) in model.hook_dict for p in ("rot_q", "rot_k"))
     q_point, k_point = ("rot_q", "rot_k") if rotary else ("q", "k")
     points = list(dict.fromkeys(["q", "k", q_point, k_point, "scores", "pattern"]))

@@ -61,6 +61,7 @@ class ReplaceConfig:
         scale_layer: Block whose output is scaled (None: the course's 8 of 12 at that depth).
         scales: Scale factors, one condition each.
         tolerance: Largest allowed TL-vs-HF difference.
+        truncate: Cut a text longer than the model's context (else that is an error).
     """
 
     text: str | None = option(None, "text to run, no BOS (default: a shipped sentence)")
@@ -89,6 +90,7 @@ class ReplaceConfig:
         (0.1, 10.0), "comma-separated factors (0.1,10)", parse=lambda t: parse_list(t, parse_float)
     )
     tolerance: float = option(1e-4, "largest TL-vs-HF |diff| allowed (1e-4)")
+    truncate: bool = option(False, "cut a text longer than the model's context to fit it")
 
 
 def default_text() -> str:
@@ -222,13 +224,13 @@ def run(config: ReplaceConfig, model: Any, reference: Any) -> ExperimentResult:
     from mechprobe.reference.interventions import describe_block_output, run_reference
     from mechprobe.stats.logits import kl_divergence, top_tokens
     from mechprobe.units import layout_of, qkv_units
-    from mechprobe.validate import check_context
+    from mechprobe.validate import fit_context
 
     hf, tok = reference
     s = model_shape(model)
-    ids = tok(config.text, add_special_tokens=False).input_ids
     p = Problems()
-    p.check("text", check_context, len(ids), s.n_ctx)
+    ids = tok(config.text, add_special_tokens=False).input_ids
+    ids = p.check("text", fit_context, ids, s.n_ctx, config.truncate) or ids
     if config.position >= len(ids):
         p.add(
             "position",

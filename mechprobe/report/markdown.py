@@ -61,10 +61,14 @@ def findings_markdown(outs: Mapping[str, Path]) -> str:
         claim = next(c["claim"] for c in cells if c)
         row = f"| {_cell(spec.title)} | {_cell(claim)} |"
         for c in cells:
-            row += " - |" if c is None else (
-                f" **{c['verdict']}**: {_cell(c['this_run'])}"
-                + (f" *({_cell(c['sample'])})*" if c.get("sample") else "")
-                + " |"
+            row += (
+                " - |"
+                if c is None
+                else (
+                    f" **{c['verdict']}**: {_cell(c['this_run'])}"
+                    + (f" *({_cell(c['sample'])})*" if c.get("sample") else "")
+                    + " |"
+                )
             )
         lines.append(row)
     return "\n".join(lines)
@@ -88,11 +92,11 @@ def verdicts_in_markdown(text: str) -> dict[str, list[str]]:
 
 
 def replace_block(document: str, table: str) -> str:
-    """``document`` with the text between the findings markers replaced by ``table``.
+    r"""``document`` with the text between the findings markers replaced by ``table``.
 
     Example:
         >>> replace_block(f"a {START}old{END} b", "new")
-        'a <!-- findings:start -->\\nnew\\n<!-- findings:end --> b'
+        'a <!-- findings:start -->\nnew\n<!-- findings:end --> b'
     """
     head, rest = document.split(START, 1)
     _, tail = rest.split(END, 1)

@@ -81,10 +81,11 @@ def fit_columns(
         return (np.arange(m)[cols][pending[0]], *pending[1:])
 
     chunks = [slice(lo, min(lo + chunk_size, m)) for lo in range(0, m, chunk_size)]
-    workers = min(torch.get_num_threads(), len(chunks)) if device.type == "cpu" else 1
-    with torch.no_grad():
+    cpu = device.type == "cpu"
+    workers = min(torch.get_num_threads(), len(chunks)) if cpu else 1
+    with torch.no_grad(), _torch_threads(1 if cpu else torch.get_num_threads()):
         if workers > 1:
-            with _torch_threads(1), ThreadPoolExecutor(workers) as ex:
+            with ThreadPoolExecutor(workers) as ex:
                 pending = list(ex.map(run, chunks))
         else:
             pending = [run(cols) for cols in chunks]

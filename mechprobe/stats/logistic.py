@@ -3,9 +3,10 @@
 For every unit ``j`` of an activation matrix ``x`` this module fits the model
 ``label ~ 1 + x[:, j]`` by maximum likelihood (Newton-Raphson / IRLS), for all units at
 once, in float64. The result is the same maximum-likelihood estimate that
-``statsmodels.api.Logit(y, sm.add_constant(x[:, j])).fit()`` finds, but one to two orders
+``statsmodels.api.Logit(y, sm.add_constant(x[:, j])).fit()`` finds, but about two orders
 of magnitude faster, because the 2x2 Newton systems of a whole chunk of units are solved
-in closed form with a handful of tensor operations.
+in closed form with a handful of tensor operations (the solver:
+:mod:`mechprobe.stats._newton`; chunking and results: :mod:`mechprobe.stats._chunks`).
 
 Example:
     >>> import numpy as np
@@ -60,8 +61,8 @@ class LogisticFit:
             maximum-likelihood estimate does not exist.
         n_iter: Number of Newton iterations, i.e. passes over the unit's data (gradient/
             information evaluations, float32 warm-up passes included; each is followed by
-            a step or a step-halving) after the closed-form first step from the
-            intercept-only model; 0 for constant or separated units. The final step of a
+            a step or a step-halving) after the closed-form start (linear discriminant
+            analysis); 0 for constant or separated units. The final step of a
             unit that converges is usually computed analytically (see
             :func:`fit_logistic`) and not counted.
     """
@@ -93,20 +94,20 @@ def fit_logistic(
     """Fit one logistic-regression probe ``label ~ 1 + activation`` per unit.
 
     All units are fitted at once by Newton-Raphson, processed in chunks of columns; the
-    only Python loops are over chunks and Newton iterations. Each unit's activation is
-    centred and scaled internally (an exact reparametrisation), the first Newton step
-    from the intercept-only model is taken in closed form, and every further step solves
-    the unit's 2x2 system with the closed-form inverse. Up to ``F32_PASSES`` cheap float32
-    passes warm the estimate up (to about 1e-3 in the standardised parameters, or the
-    float32 noise level); the estimate, its convergence and its standard error then come
-    from float64 passes only. A unit has converged when its Newton step changes no
-    (standardised) parameter by more than ``tol`` (the criterion of ``statsmodels``'
-    Newton solver). That last step is usually computed without another pass over the
-    data: each float64 pass also gives the third derivatives of the log-likelihood, from
-    which the gradient and information after a small step ``s`` follow by Taylor
-    expansion up to a remainder of order ``|s|^3`` (below 1e-12 where it is used).
-    Standard errors come from the observed information at the estimate, as in
-    ``statsmodels``.
+    only Python loops are over chunks, blocks of rows and Newton iterations (the solver is
+    :mod:`mechprobe.stats._newton`, which says why it is hand-written). Each unit's
+    activation is centred and scaled internally (an exact reparametrisation), the fit
+    starts from linear discriminant analysis (closed form), and every step solves the
+    unit's 2x2 system with the closed-form inverse. Up to three cheap float32 passes warm
+    the estimate up (to about 1e-3 in the standardised parameters, or the float32 noise
+    level); the estimate, its convergence and its standard error then come from float64
+    passes only. A unit has converged when its Newton step changes no (standardised)
+    parameter by more than ``tol`` (the criterion of ``statsmodels``' Newton solver). That
+    last step is usually computed without another pass over the data: each float64 pass
+    also gives the third derivatives of the log-likelihood, from which the gradient and
+    information after a small step ``s`` follow by Taylor expansion up to a remainder of
+    order ``|s|^3`` (below 1e-12 where it is used). Standard errors come from the observed
+    information at the estimate, as in ``statsmodels``.
 
     Separation is detected exactly, before iterating: with an intercept and one regressor
     the MLE fails to exist iff ``max(x | y=0) <= min(x | y=1)`` or
@@ -118,17 +119,16 @@ def fit_logistic(
         x: Activations, shape ``[samples, units]``; numpy array or torch tensor of any
             float dtype (converted to float64 one chunk at a time). Must be finite.
         y: Binary labels (0/1, bool, int or float), shape ``[samples]``.
-        chunk_size: Number of units per chunk. Default: about 8 MiB of float64
-            activations per chunk on CPU (``2**23 / (8 * samples)`` units, fewer when
-            that leaves less than about 4 chunks per worker thread), 64 MiB on an
-            accelerator.
+        chunk_size: Number of units per chunk. Default: about 16 MiB of float64
+            activations per chunk on CPU (``2**24 / (8 * samples)`` units, fewer when
+            that leaves less than 2 chunks per worker thread), 64 MiB on an accelerator.
         max_iter: Maximum number of Newton iterations per unit (see ``n_iter``).
         tol: Convergence tolerance on the change of the standardised parameters.
         device: Torch device to compute on. Default: the device of ``x`` if it is a
             tensor, else CPU. On CPU, chunks are fitted by ``torch.get_num_threads()``
             worker threads, each running single-threaded torch operations (torch's
             thread setting is set to 1 for the duration of the call and then restored):
-            per-operation intra-op parallelism gains little on chunk-sized operations
+            per-operation intra-op parallelism gains little on block-sized operations
             and stalls badly when the machine is busy.
 
     Returns:

@@ -1,0 +1,427 @@
+"""Classes of target tokens defined by rules in a small TOML or JSON file.
+
+A class file lists classes in order (labels 0, 1, ... in file order). Each class matches a token
+(or a word, see :func:`word_spans`) when the stripped, lower-cased text is one of its ``words``,
+or contains one of its ``contains`` strings, or fully matches its ``regex``; and when the token
+that follows passes the optional conditions ``next_not`` (its raw text is none of these) and
+``next_starts_with_space`` (it starts with ``" "``). The negation preset,
+:func:`negation_preset`, is exactly the course's rule (``targets.select_targets``).
+
+Example:
+    >>> classes = negation_preset()
+    >>> classes.names
+    ('affirmation', 'negation')
+    >>> classes.select(["It", " is", " not", " here", " and", " can", " be"], pre=1, post=1)
+    Targets(positions=array([2, 5]), labels=array([1, 0], dtype=int8))
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mechprobe.corpus.targets import Targets
+from mechprobe.errors import MechprobeError
+
+#: Labels are int8, so a class set holds at most this many classes (labels 0..127).
+MAX_CLASSES = 128
+#: File name of the negation preset in ``mechprobe/data``.
+NEGATION_PRESET = "classes_negation.toml"
+#: Apostrophes that join the parts of a contraction into one word (``don`` + ``'t``).
+APOSTROPHES = frozenset("'\u2019")
+
+_KEYS = ("name", "words", "contains", "regex", "next_not", "next_starts_with_space")
+
+
+@dataclass(frozen=True)
+class ClassRule:
+    """One class: which (stripped, lower-cased) tokens it matches and what may follow them.
+
+    Attributes:
+        name: The class's name.
+        words: Exact matches (stored stripped and lower-cased).
+        contains: Substrings, any of which makes a match (stored lower-cased).
+        regex: A pattern the whole stripped, lower-cased token must match (``re.fullmatch``).
+        next_not: Raw texts the next token must not be (compared exactly, case-sensitive).
+        next_starts_with_space: When true, the next token must start with ``" "``.
+
+    Example:
+        >>> rule = ClassRule("past", regex=r"[a-z]+ed")
+        >>> rule.matches(" Walked", " home"), rule.matches(" walk", " home")
+        (True, False)
+    """
+
+    name: str
+    words: frozenset[str] = frozenset()
+    contains: tuple[str, ...] = ()
+    regex: str | None = None
+    next_not: tuple[str, ...] = ()
+    next_starts_with_space: bool = False
+    _pattern: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "words", frozenset(w.strip().lower() for w in self.words))
+        object.__setattr__(self, "contains", tuple(c.lower() for c in self.contains))
+        object.__setattr__(self, "next_not", tuple(self.next_not))
+        try:
+            pattern = None if self.regex is None else re.compile(self.regex)
+        except re.error as exc:
+            raise MechprobeError(f"class {self.name!r}: bad regex {self.regex!r}: {exc}") from None
+        object.__setattr__(self, "_pattern", pattern)
+
+    def matches_text(self, tok: str) -> bool:
+        """Whether the stripped, lower-cased ``tok`` meets words / contains / regex."""
+        return (
+            tok in self.words
+            or any(c in tok for c in self.contains)
+            or (self._pattern is not None and self._pattern.fullmatch(tok) is not None)
+        )
+
+    def next_ok(self, next_piece: str) -> bool:
+        """Whether the raw text of the following token meets the next-token conditions."""
+        if self.next_starts_with_space and not next_piece.startswith(" "):
+            return False
+        return next_piece not in self.next_not
+
+    def matches(self, piece: str, next_piece: str) -> bool:
+        """Whether the token (or word) text ``piece``, followed by ``next_piece``, is this class."""
+        return self.next_ok(next_piece) and self.matches_text(piece.strip().lower())
+
+
+@dataclass(frozen=True)
+class ClassSet:
+    """Two or more classes in order; a class's label is its index.
+
+    Attributes:
+        classes: The rules, in label order.
+        source: Where they came from (a path), for error messages.
+
+    Raises:
+        MechprobeError: Fewer than 2 or more than `MAX_CLASSES` classes, a repeated name, or a
+            word listed in two classes (such a word would always match both).
+
+    Example:
+        >>> cs = ClassSet((ClassRule("a", words={"x"}), ClassRule("b", contains=("y",))))
+        >>> cs.classify(" X", " z"), cs.classify(" xyz", ""), cs.classify(" w", " z")
+        (0, 1, None)
+    """
+
+    classes: tuple[ClassRule, ...]
+    source: str = "<classes>"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(self.classes))
+        n = len(self.classes)
+        if not 2 <= n <= MAX_CLASSES:
+            raise MechprobeError(f"{self.source}: need 2 to {MAX_CLASSES} classes, got {n}")
+        names: set[str] = set()
+        seen: dict[str, str] = {}
+        for rule in self.classes:
+            if rule.name in names:
+                raise MechprobeError(f"{self.source}: two classes are named {rule.name!r}")
+            names.add(rule.name)
+            for word in sorted(rule.words):
+                if word in seen:
+                    raise MechprobeError(
+                        f"{self.source}: the word {word!r} is in both class {seen[word]!r} "
+                        f"and class {rule.name!r}"
+                    )
+                seen[word] = rule.name
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The class names in label order."""
+        return tuple(r.name for r in self.classes)
+
+    def label(self, name: str) -> int:
+        """The label of the class called ``name``.
+
+        Example:
+            >>> negation_preset().label("negation")
+            1
+        """
+        if name not in self.names:
+            raise MechprobeError(f"{self.source}: no class named {name!r}")
+        return self.names.index(name)
+
+    def _match(self, text: str, next_piece: str, where: str) -> int | None:
+        tok = text.strip().lower()
+        hits = [
+            k for k, r in enumerate(self.classes) if r.next_ok(next_piece) and r.matches_text(tok)
+        ]
+        if len(hits) > 1:
+            names = " and ".join(repr(self.classes[k].name) for k in hits)
+            raise MechprobeError(f"{self.source}: {where} matches more than one class: {names}")
+        return hits[0] if hits else None
+
+    def classify(self, piece: str, next_piece: str) -> int | None:
+        """The label of the token ``piece`` followed by ``next_piece``, or None.
+
+        Raises:
+            MechprobeError: The token matches two classes (both are named).
+        """
+        return self._match(piece, next_piece, f"token {piece!r}")
+
+    def select(
+        self,
+        pieces: Sequence[str],
+        pre: int = 90,
+        post: int = 10,
+        unit: str = "token",
+        word_token: str = "first",
+    ) -> Targets:
+        """The targets of every class, in text order, like ``targets.select_targets``.
+
+        With ``unit="token"`` the rules are applied at every ``ti`` in ``range(pre, n - post)``
+        to ``pieces[ti]`` and ``pieces[ti + 1]``. With ``unit="word"`` the tokens are grouped
+        into words (:func:`word_spans`); a word's rule text is its tokens joined, the next-token
+        conditions read the token after its last token, and the target sits at the word's
+        ``word_token`` (``"first"`` or ``"last"``) token, which must lie in
+        ``range(pre, n - post)``; a word that ends the text is no candidate.
+
+        Raises:
+            MechprobeError: ``pre < 0``, ``post < 1``, an unknown ``unit`` or ``word_token``,
+                or a token (word) matching two classes (both named, with its position).
+
+        Example:
+            >>> pieces = [" we", " don", "'t", " go", " and", " can", " stay", "."]
+            >>> t = negation_preset().select(pieces, pre=0, post=1, unit="word")
+            >>> t.positions.tolist(), t.labels.tolist()
+            ([1, 5], [1, 0])
+        """
+        if pre < 0:
+            raise MechprobeError(f"context-pre must be >= 0, got {pre}")
+        if post < 1:
+            raise MechprobeError(
+                f"context-post must be >= 1 (the rules read the next token), got {post}"
+            )
+        if unit not in ("token", "word"):
+            raise MechprobeError(f"unit must be 'token' or 'word', got {unit!r}")
+        if word_token not in ("first", "last"):
+            raise MechprobeError(f"word token must be 'first' or 'last', got {word_token!r}")
+        n = len(pieces)
+        positions: list[int] = []
+        labels: list[int] = []
+        if unit == "token":
+            for ti in range(pre, n - post):
+                label = self._match(pieces[ti], pieces[ti + 1], f"token {ti} {pieces[ti]!r}")
+                if label is not None:
+                    positions.append(ti)
+                    labels.append(label)
+        else:
+            for first, last in word_spans(pieces):
+                ti = first if word_token == "first" else last
+                if ti < pre or ti >= n - post or last + 1 >= n:
+                    continue
+                text = "".join(pieces[first : last + 1])
+                where = f"word {text!r} (tokens {first}..{last})"
+                label = self._match(text, pieces[last + 1], where)
+                if label is not None:
+                    positions.append(ti)
+                    labels.append(label)
+        return Targets(np.asarray(positions, dtype=np.int64), np.asarray(labels, dtype=np.int8))
+
+
+def _word_char(c: str) -> bool:
+    return c.isalnum() or c == "_"
+
+
+def _continues(word: str, piece: str) -> bool:
+    if not word or not piece:
+        return False
+    a, b = word[-1], piece[0]
+    if _word_char(a):
+        return _word_char(b) or b in APOSTROPHES
+    return a in APOSTROPHES and _word_char(b) and len(word) >= 2 and _word_char(word[-2])
+
+
+def word_spans(pieces: Sequence[str]) -> list[tuple[int, int]]:
+    r"""Group tokens into words: ``(first, last)`` token index of each, covering every token.
+
+    A token continues the word before it when nothing separates them: the word so far ends in a
+    letter, digit or underscore and the token starts with one of those or with an apostrophe
+    (``'`` or ``’``: ``" don" + "'t"``), or the word ends in an apostrophe that follows a
+    letter, digit or underscore and the token starts with a letter, digit or underscore. Any
+    other token (starting with whitespace or punctuation, or empty) starts a new word, so
+    punctuation and whitespace tokens are words of their own and ``" not" + "."`` is two words.
+    A token decoded to ``"\ufffd"`` (part of a multi-byte character) is punctuation here.
+
+    Example:
+        >>> word_spans([" we", " don", "'t", " def", "initely", " go", "."])
+        [(0, 0), (1, 2), (3, 4), (5, 5), (6, 6)]
+    """
+    spans: list[tuple[int, int]] = []
+    word = ""
+    for i, piece in enumerate(pieces):
+        if spans and _continues(word, piece):
+            spans[-1] = (spans[-1][0], i)
+            word += piece
+        else:
+            spans.append((i, i))
+            word = piece
+    return spans
+
+
+def word_types(pieces: Sequence[str], positions: Sequence[int], unit: str = "token") -> list[str]:
+    """The stripped, lower-cased text of the token (or whole word) at each position.
+
+    Example:
+        >>> pieces = [" We", " don", "'t", " go"]
+        >>> word_types(pieces, [0, 2]), word_types(pieces, [0, 2], unit="word")
+        (['we', "'t"], ['we', "don't"])
+    """
+    if unit == "token":
+        return [pieces[int(p)].strip().lower() for p in positions]
+    if unit != "word":
+        raise MechprobeError(f"unit must be 'token' or 'word', got {unit!r}")
+    owner: list[tuple[int, int]] = []
+    for first, last in word_spans(pieces):
+        owner += [(first, last)] * (last - first + 1)
+    out = []
+    for p in positions:
+        first, last = owner[int(p)]
+        out.append("".join(pieces[first : last + 1]).strip().lower())
+    return out
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def _str_list(value: Any, where: str, key: str, allow_empty: bool) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise MechprobeError(f"{where}: {key!r} must be a list of strings, got {value!r}")
+    if not allow_empty and any(not v.strip() for v in value):
+        raise MechprobeError(f"{where}: {key!r} holds an empty string")
+    return tuple(value)
+
+
+def _rule_from_dict(entry: Any, index: int, source: str) -> ClassRule:
+    where = f"{source}: class {index + 1}"
+    if not isinstance(entry, Mapping):
+        raise MechprobeError(f"{where} is not a table / object: {entry!r}")
+    name = entry.get("name")
+    if name is None:
+        raise MechprobeError(f"{where} has no name")
+    if not isinstance(name, str) or not name.strip():
+        raise MechprobeError(f"{where}: 'name' must be a non-empty string, got {name!r}")
+    where = f"{source}: class {name!r}"
+    unknown = sorted(set(entry) - set(_KEYS))
+    if unknown:
+        raise MechprobeError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (expected {', '.join(_KEYS)})"
+        )
+    words = _str_list(entry.get("words", []), where, "words", allow_empty=False)
+    contains = _str_list(entry.get("contains", []), where, "contains", allow_empty=False)
+    next_not = _str_list(entry.get("next_not", []), where, "next_not", allow_empty=True)
+    regex = entry.get("regex")
+    if regex is not None and (not isinstance(regex, str) or not regex):
+        raise MechprobeError(f"{where}: 'regex' must be a non-empty string, got {regex!r}")
+    space = entry.get("next_starts_with_space", False)
+    if not isinstance(space, bool):
+        raise MechprobeError(f"{where}: 'next_starts_with_space' must be true or false")
+    if not words and not contains and regex is None:
+        raise MechprobeError(f"{where} has no 'words', 'contains' or 'regex' to match tokens")
+    try:
+        return ClassRule(name, frozenset(words), contains, regex, next_not, space)
+    except MechprobeError as exc:
+        raise MechprobeError(f"{source}: {exc}") from None
+
+
+def classes_from_dict(data: Any, source: str = "<classes>") -> ClassSet:
+    """Build a `ClassSet` from the parsed file: ``{"class": [{"name": ..., ...}, ...]}``.
+
+    Raises:
+        MechprobeError: One line naming ``source`` and the class: unknown keys, no name, a
+            duplicate name, fewer than two classes, a class with no words / contains / regex, a
+            bad regex, a value of the wrong type.
+
+    Example:
+        >>> classes_from_dict({"class": [{"name": "a", "words": ["x"]}, {"name": "b"}]})
+        Traceback (most recent call last):
+        ...
+        mechprobe.errors.MechprobeError: <classes>: class 'b' has no 'words', 'contains' or ...
+    """
+    if not isinstance(data, Mapping):
+        raise MechprobeError(f"{source}: expected a table / object with a 'class' list")
+    unknown = sorted(set(data) - {"class"})
+    if unknown:
+        raise MechprobeError(
+            f"{source}: unknown top-level key(s) {', '.join(map(repr, unknown))} "
+            "(expected only 'class')"
+        )
+    entries = data.get("class")
+    if not isinstance(entries, list):
+        raise MechprobeError(f"{source}: no list of classes ('[[class]]' tables / 'class': [...])")
+    rules = tuple(_rule_from_dict(e, i, source) for i, e in enumerate(entries))
+    return ClassSet(rules, source)
+
+
+def _parse_toml(raw: str) -> Any:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            raise MechprobeError(
+                "reading TOML needs Python 3.11+ or the tomli package; or write the classes as JSON"
+            ) from None
+    try:
+        return tomllib.loads(raw)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"not valid TOML: {exc}") from None
+
+
+def _parse_json(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+
+
+def load_classes(path: str | Path) -> ClassSet:
+    """Read a class file: TOML (``.toml``) or JSON (``.json``); another suffix tries both.
+
+    Example:
+        >>> _ = Path("c.json").write_text(json.dumps({"class": [
+        ...     {"name": "past", "regex": "[a-z]+ed"}, {"name": "modal", "words": ["can"]}]}))
+        >>> load_classes("c.json").names
+        ('past', 'modal')
+    """
+    source = str(path)
+    try:
+        raw = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MechprobeError(f"cannot read classes file {source!r}: {exc}") from None
+    suffix = Path(path).suffix.lower()
+    parsers = {".toml": [_parse_toml], ".json": [_parse_json]}.get(
+        suffix, [_parse_json, _parse_toml]
+    )
+    problems = []
+    for parse in parsers:
+        try:
+            return classes_from_dict(parse(raw), source)
+        except ValueError as exc:
+            problems.append(" ".join(str(exc).split()))
+    raise MechprobeError(f"cannot parse classes file {source!r}: {'; '.join(problems)}")
+
+
+def negation_preset() -> ClassSet:
+    """The shipped ``classes_negation.toml``: exactly the course's rule (affirmation 0, negation 1).
+
+    Example:
+        >>> negation_preset().classify(" can", " not"), negation_preset().classify("'t", " go")
+        (None, 1)
+    """
+    from mechprobe.data import read_data_text
+
+    return classes_from_dict(_parse_toml(read_data_text(NEGATION_PRESET)), NEGATION_PRESET)

@@ -1,0 +1,138 @@
+"""Fault injection through the real command: every bad input is one line and exit 2; kills resume.
+
+Each case runs ``python -m mechprobe`` in a subprocess, as a user would. The cache-damage and
+bad-server cases live in tests/test_cache.py and tests/test_download.py (marker ``faults`` too).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mechprobe.experiments import registry
+from tests.helpers import REPO, assert_one_line_error
+
+pytestmark = [pytest.mark.unit, pytest.mark.faults]
+LONG = "word " * 300  # 300 tokens: over tiny-gpt2's context of 256
+
+
+def mechprobe(*argv, env=None, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "mechprobe", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, "MECHPROBE_NO_PNG": "1", "HF_HUB_OFFLINE": "1", **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    (root / "long_sentences.txt").write_text(f"She gave her {LONG}.\n", encoding="utf-8")
+    (root / "no_targets.txt").write_text("The cat sat on the mat. " * 200, encoding="utf-8")
+    (root / "empty.txt").write_text("", encoding="utf-8")
+    # a model directory with half of its model.safetensors, and one with pickles only
+    from mechprobe.models.sources import tiny_gpt2
+
+    import torch
+
+    hf, tok = tiny_gpt2()
+    hf.save_pretrained(root / "truncated")
+    hf.config.save_pretrained(root / "pickled")
+    torch.save(hf.state_dict(), root / "pickled" / "pytorch_model.bin")
+    for name in ("truncated", "pickled"):
+        tok.save_pretrained(root / name)
+    weights = root / "truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return root
+
+
+CASES = [
+    # (argv, fragments of the one error line); {bad} is the bad-files directory
+    (["crosscheck", "--text", ""], ["--text", "empty"]),
+    (["crosscheck", "--text", LONG], ["--text", "more than the model's context of 256"]),
+    (["heads", "--text", LONG], ["--text", "context of 256", "truncate keeps"]),
+    (["replace", "--text", LONG], ["--text", "context of 256"]),
+    (["similarity", "--sentences", "{bad}/long_sentences.txt"], ["context of 256"]),
+    (["negation", "--context-pre", "300"], ["--context-pre", "longer than the model's context"]),
+    (["negation", "--balance", "--seed", "-1"], ["--seed: seed -1 is outside [0, 2**32)"]),
+    (["replace", "--seed", "99999999999999999999999"], ["--seed", "outside [0, 2**32)"]),
+    (["crosscheck", "--tolerance", "inf"], ["--tolerance", "finite"]),
+    (["crosscheck", "--tolerance", "nan"], ["--tolerance", "finite"]),
+    (["crosscheck", "--tolerance", "-1"], ["--tolerance", "must be in [0, inf]"]),
+    (["heads", "--bandwidth", "1e-300"], ["--bandwidth", "no finite density"]),
+    (["heads", "--out", ""], ["--out", "empty"]),
+    (["all", "--steps", ""], ["--steps"]),
+    (["all", "--steps", "heads,nope"], ["--steps"]),
+    (["heads", "--layer", "-1"], ["--layer: layer -1 is out of range (0..1)"]),
+    (["negation", "--layers", "-1"], ["--layers: layer -1 is out of range"]),
+    (["similarity", "--layers", "-1"], ["--layers: layer -1 is out of range"]),
+    (["negation", "--text", "{bad}/no_targets.txt"], ["no affirmation or negation targets"]),
+    (["negation", "--text", "{bad}/empty.txt"], ["text too short"]),
+    (["negation", "--text", "{bad}/missing.txt"], ["cannot read text file"]),
+    (["negation", "--text", "http://127.0.0.1:9/x.txt"], ["could not download"]),
+    (["negation", "--text", "ftp://example.org/x.txt"], ["only http(s)"]),
+    (["heads", "--model", "{bad}/truncated"], ["model.safetensors"]),
+    (["heads", "--model", "{bad}/pickled"], ["pickle"]),
+    (["heads", "--model", "no-such/model-anywhere"], ["cannot load model"]),
+]
+
+
+@pytest.mark.parametrize(("argv", "fragments"), CASES, ids=[" ".join(c[0])[:40] for c in CASES])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, bad_files, argv, fragments):
+    argv = [a.replace("{bad}", str(bad_files)) for a in argv]
+    if "--model" not in argv:
+        argv += ["--model", "tiny-gpt2"]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out")]
+    res = mechprobe(*argv, env={"MECHPROBE_TEXT": str(bad_files / "no_targets.txt")})
+    assert_one_line_error(res.returncode, res.stderr, *fragments)
+    out = tmp_path / "out"
+    assert not out.exists() or not [p for p in out.iterdir() if p.is_dir()]  # nothing written
+
+
+@pytest.fixture(scope="module")
+def clean_all(tmp_path_factory, shared_text):
+    out = tmp_path_factory.mktemp("clean")
+    res = mechprobe("all", "--model", "tiny-gpt2", "--out", str(out), "--text", str(shared_text))
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+def step_arrays(out, step):
+    with np.load(out / step / "arrays.npz", allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_all_killed_at_several_points_then_resumed_equals_a_clean_run(
+    tmp_path, clean_all, shared_text
+):
+    out = tmp_path / "out"
+    argv = ("all", "--model", "tiny-gpt2", "--out", str(out), "--text", str(shared_text))
+    # killed after computing, after writing a step's directory, and (a run without --resume
+    # replacing earlier steps) between setting the old heads directory aside and the swap
+    for point, resume in (
+        ("negation:computed", 1),
+        ("similarity:written", 1),
+        ("heads:swapping", 0),
+    ):
+        res = mechprobe(
+            *argv, *(["--resume"] if resume else []), env={"MECHPROBE_FAILPOINT": point}
+        )
+        assert res.returncode == -9, (point, res.stderr[-500:])  # SIGKILL at that point
+    res = mechprobe(*argv, "--resume")
+    assert res.returncode == 0, res.stderr
+    assert "[rerun]" in res.stderr or "[reuse]" in res.stderr
+    for step in registry():
+        got, want = step_arrays(out, step), step_arrays(clean_all, step)
+        assert sorted(got) == sorted(want), step
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=f"{step}.{key}")
+    leftovers = [p.name for p in out.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    assert not leftovers
