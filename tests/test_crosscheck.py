@@ -105,4 +105,18 @@ def test_crosscheck_cli_smollm2(tmp_path):
     )
     assert code == 0, err
     summary = json.loads((tmp_path / "crosscheck" / "summary.json").read_text())
-    assert summary["passed"] and len(summary["rows"]) == len(PER_LAYER) * 30 + 2
+    rotary = ["hook_rot_q", "hook_rot_k"]
+    assert summary["checks"] == [*PER_LAYER[:3], *rotary, *PER_LAYER[3:], "final_norm", "logits"]
+    assert summary["passed"] and len(summary["rows"]) == (len(PER_LAYER) + 2) * 30 + 2
+
+
+@pytest.mark.integration
+def test_crosscheck_gemma3_qk_norm_and_rotary(tmp_path):
+    code, out, err = run_cli(
+        "crosscheck", "--model", "gemma3-270m", "--out", str(tmp_path), "--no-png"
+    )
+    assert code == 0, err
+    summary = json.loads((tmp_path / "crosscheck" / "summary.json").read_text())
+    assert {"hook_q_normed", "hook_k_normed", "hook_rot_q", "hook_rot_k"} <= set(summary["checks"])
+    assert summary["passed"] and all(r["max_abs_diff"] <= 1e-4 for r in summary["rows"])
+    assert len(summary["rows"]) == (len(PER_LAYER) + 4) * 18 + 2

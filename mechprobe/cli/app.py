@@ -70,7 +70,7 @@ def config_from_args(spec: Experiment, args: Any) -> tuple[Any, list[tuple[str, 
 def _check_common(args: Any) -> None:
     if not args.out.strip():
         raise MechprobeError("--out: the output directory is empty: give a path")
-    if not args.model.strip():
+    if not getattr(args, "model", "-").strip():
         raise MechprobeError("--model: the model name is empty (see 'mechprobe models')")
 
 
@@ -119,28 +119,89 @@ def run_experiment(spec: Experiment, args: Any, argv: Sequence[str]) -> int:
     return 0
 
 
-def run_all(args: Any, argv: Sequence[str]) -> int:
-    """``mechprobe all``: every experiment (or ``--steps``) with its defaults, then the report."""
-    specs = registry()
-    _check_common(args)
-    names = list(specs)
-    if args.steps is not None:
-        names = list(dict.fromkeys(s.strip() for s in args.steps.split(",") if s.strip()))
-        unknown = [n for n in names if n not in specs]
-        if unknown or not names:
-            raise MechprobeError(
-                f"--steps: expected a comma list of {', '.join(specs)}; got {args.steps!r}"
-            )
-    if args.text is not None and not args.text.strip():
-        raise MechprobeError("--text: the text source is empty")
-    from mechprobe.models import static_shape
-    from mechprobe.runner.run import RunRequest, Step, resolve_steps
+def _steps_of(args: Any, names: Sequence[str]) -> list[Any]:
+    """Default-config steps for ``names``, with ``--text`` for the steps that read a source."""
+    from mechprobe.runner.run import Step
 
+    specs = registry()
     steps = []
     for name in names:
         spec = specs[name]
         given = args.text is not None and spec.text_source
         steps.append(Step(spec, spec.config(text=args.text) if given else None))
+    return steps
+
+
+def _names(text: str | None, flag: str) -> list[str]:
+    specs = registry()
+    if text is None:
+        return list(specs)
+    names = list(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+    if not names or any(n not in specs for n in names):
+        raise MechprobeError(f"{flag}: expected a comma list of {', '.join(specs)}; got {text!r}")
+    return names
+
+
+def run_sweep(args: Any, argv: Sequence[str]) -> int:
+    """``mechprobe sweep``: every experiment on every model, then the comparative page."""
+    from mechprobe.models import static_shape
+    from mechprobe.runner.run import resolve_steps
+
+    _check_common(args)
+    models = list(dict.fromkeys(m.strip() for m in args.models.split(",") if m.strip()))
+    if not models:
+        raise MechprobeError("--models: give at least one model, e.g. smollm2-135m,gemma3-270m")
+    names = _names(args.experiments, "--experiments")
+    if args.text is not None and not args.text.strip():
+        raise MechprobeError("--text: the text source is empty")
+    for model in models:  # every setting against every model's shape, before any work
+        shape = static_shape(model)
+        if shape is not None:
+            resolve_steps(
+                _steps_of(args, names), shape, prefix=lambda s, m=model: f"{m} {s.spec.name}."
+            )
+    _quiet_libraries()
+    from mechprobe.runner.sweep import describe_outcome, sweep
+
+    outcome = sweep(
+        models,
+        Path(args.out),
+        lambda: _steps_of(args, names),
+        resume=args.resume,
+        device=args.device,
+        png=False if args.no_png else None,
+        command=shlex.join(["mechprobe", *argv]),
+    )
+    for row in describe_outcome(outcome):
+        extra = (
+            f", {row['wall_s']:.1f} s, peak {row['peak_rss_mb']:,.0f} MB" if "wall_s" in row else ""
+        )
+        print(f"{row['model']:<16} {row['status']}{extra}")
+    print(f"comparative page: {outcome.page}")
+    failed = [
+        f"{m} {n}"
+        for m, run in outcome.runs.items()
+        for n, done in run.steps.items()
+        if registry()[n].passed and registry()[n].passed(done.result) is False
+    ]
+    if failed:
+        sys.stderr.write(
+            f"mechprobe sweep: FAIL: checks above their tolerance in {', '.join(failed)}\n"
+        )
+    return 1 if failed or not outcome.runs else 0
+
+
+def run_all(args: Any, argv: Sequence[str]) -> int:
+    """``mechprobe all``: every experiment (or ``--steps``) with its defaults, then the report."""
+    specs = registry()
+    _check_common(args)
+    names = _names(args.steps, "--steps")
+    if args.text is not None and not args.text.strip():
+        raise MechprobeError("--text: the text source is empty")
+    from mechprobe.models import static_shape
+    from mechprobe.runner.run import RunRequest, resolve_steps
+
+    steps = _steps_of(args, names)
     shape = static_shape(args.model)
     if shape is not None:
         resolve_steps(steps, shape)
@@ -185,4 +246,6 @@ def dispatch(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "all":
         return run_all(args, argv)
+    if args.command == "sweep":
+        return run_sweep(args, argv)
     return run_experiment(registry()[args.command], args, argv)

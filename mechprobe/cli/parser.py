@@ -31,15 +31,16 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def common_options() -> argparse.ArgumentParser:
+def common_options(model: bool = True) -> argparse.ArgumentParser:
     """Options of every run: ``--model``, ``--device``, ``--out``, ``--resume``, ``--no-png``."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help="model name (see 'mechprobe models'), hub id or local directory "
-        f"(default: {DEFAULT_MODEL})",
-    )
+    if model:
+        common.add_argument(
+            "--model",
+            default=DEFAULT_MODEL,
+            help="model name (see 'mechprobe models'), hub id or local directory "
+            f"(default: {DEFAULT_MODEL})",
+        )
     common.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     common.add_argument(
         "--out", default=DEFAULT_OUT, help=f"output directory (default: {DEFAULT_OUT})"
@@ -94,4 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--steps", default=None, help=f"comma list of steps (default: {','.join(specs)})"
     )
+    p = sub.add_parser(
+        "sweep",
+        parents=[common_options(model=False)],
+        help="run the experiments on several models; one comparative page OUT/index.html",
+        description="Run every experiment (or --experiments) on each model into OUT/<model>/, one "
+        "model in memory at a time, then write a comparative page. Models that cannot be loaded "
+        "here (hub models offline) are listed as skipped.",
+    )
+    p.add_argument(
+        "--models",
+        required=True,
+        help="comma list of models, e.g. smollm2-135m,gemma3-270m,gpt2 (hub models need a network)",
+    )
+    p.add_argument("--experiments", default=None, help=f"comma list (default: {','.join(specs)})")
+    p.add_argument("--text", default=None, help="negation text (as for 'all')")
     return parser

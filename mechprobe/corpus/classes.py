@@ -209,51 +209,48 @@ class ClassSet:
         if word_token not in ("first", "last"):
             raise MechprobeError(f"word token must be 'first' or 'last', got {word_token!r}")
         n = len(pieces)
+        spans = [(i, i) for i in range(n)] if unit == "token" else word_spans(pieces)
         positions: list[int] = []
         labels: list[int] = []
-        if unit == "token":
-            for ti in range(pre, n - post):
-                label = self._match(pieces[ti], pieces[ti + 1], f"token {ti} {pieces[ti]!r}")
-                if label is not None:
-                    positions.append(ti)
-                    labels.append(label)
-        else:
-            for first, last in word_spans(pieces):
-                ti = first if word_token == "first" else last
-                if ti < pre or ti >= n - post or last + 1 >= n:
-                    continue
-                text = "".join(pieces[first : last + 1])
-                where = f"word {text!r} (tokens {first}..{last})"
-                label = self._match(text, pieces[last + 1], where)
-                if label is not None:
-                    positions.append(ti)
-                    labels.append(label)
+        for first, last in spans:
+            ti = first if word_token == "first" else last
+            if ti < pre or ti >= n - post or last + 1 >= n:
+                continue
+            text = "".join(pieces[first : last + 1])
+            where = f"word {text!r} (tokens {first}..{last})" if unit == "word" else ""
+            label = self._match(text, pieces[last + 1], where or f"token {ti} {text!r}")
+            if label is not None:
+                positions.append(ti)
+                labels.append(label)
         return Targets(np.asarray(positions, dtype=np.int64), np.asarray(labels, dtype=np.int8))
 
 
-def _word_char(c: str) -> bool:
-    return c.isalnum() or c == "_"
-
-
-def _continues(word: str, piece: str) -> bool:
+def _continues(word: str, piece: str, next_piece: str) -> bool:
     if not word or not piece:
         return False
     a, b = word[-1], piece[0]
-    if _word_char(a):
-        return _word_char(b) or b in APOSTROPHES
-    return a in APOSTROPHES and _word_char(b) and len(word) >= 2 and _word_char(word[-2])
+    if a.isalnum():
+        if b in APOSTROPHES:  # "'t", or a lone "'" that the next token continues
+            rest = piece[1:] or next_piece
+            return bool(rest) and rest[0].isalnum()
+        return b.isalnum()
+    return a in APOSTROPHES and b.isalnum() and len(word) >= 2 and word[-2].isalnum()
 
 
 def word_spans(pieces: Sequence[str]) -> list[tuple[int, int]]:
     r"""Group tokens into words: ``(first, last)`` token index of each, covering every token.
 
-    A token continues the word before it when nothing separates them: the word so far ends in a
-    letter, digit or underscore and the token starts with one of those or with an apostrophe
-    (``'`` or ``’``: ``" don" + "'t"``), or the word ends in an apostrophe that follows a
-    letter, digit or underscore and the token starts with a letter, digit or underscore. Any
-    other token (starting with whitespace or punctuation, or empty) starts a new word, so
-    punctuation and whitespace tokens are words of their own and ``" not" + "."`` is two words.
-    A token decoded to ``"\ufffd"`` (part of a multi-byte character) is punctuation here.
+    A word is a run of letters and digits (``str.isalnum``) with apostrophes (``'`` or ``’``)
+    inside it, the regex ``[^\W_]+(?:['’][^\W_]+)*``, as far as token boundaries allow. A token
+    continues the word before it when the word so far ends in a letter or digit and the token
+    starts with one, or with an apostrophe followed by one (in the token, ``" don" + "'t"``, or
+    in the next token when the apostrophe is the whole token, ``" rock" + "'" + "n"``); or when
+    the word so far ends in such an apostrophe and the token starts with a letter or digit.
+    Every other token starts a new word: a token starting with whitespace or punctuation
+    (underscores included, as in ``_italics_``), and an empty token. So whitespace and
+    punctuation tokens are words of their own (``" not" + "."`` is two words; so is
+    ``" no" + "'."``). Characters inside a token are never split; a token decoded to
+    ``"\ufffd"`` (part of a multi-byte character) counts as punctuation.
 
     Example:
         >>> word_spans([" we", " don", "'t", " def", "initely", " go", "."])
@@ -262,7 +259,8 @@ def word_spans(pieces: Sequence[str]) -> list[tuple[int, int]]:
     spans: list[tuple[int, int]] = []
     word = ""
     for i, piece in enumerate(pieces):
-        if spans and _continues(word, piece):
+        nxt = pieces[i + 1] if i + 1 < len(pieces) else ""
+        if spans and _continues(word, piece, nxt):
             spans[-1] = (spans[-1][0], i)
             word += piece
         else:
@@ -283,14 +281,9 @@ def word_types(pieces: Sequence[str], positions: Sequence[int], unit: str = "tok
         return [pieces[int(p)].strip().lower() for p in positions]
     if unit != "word":
         raise MechprobeError(f"unit must be 'token' or 'word', got {unit!r}")
-    owner: list[tuple[int, int]] = []
-    for first, last in word_spans(pieces):
-        owner += [(first, last)] * (last - first + 1)
-    out = []
-    for p in positions:
-        first, last = owner[int(p)]
-        out.append("".join(pieces[first : last + 1]).strip().lower())
-    return out
+    owner = {t: (a, b) for a, b in word_spans(pieces) for t in range(a, b + 1)}
+    spans = [owner[int(p)] for p in positions]
+    return ["".join(pieces[a : b + 1]).strip().lower() for a, b in spans]
 
 
 # ------------------------------------------------------------------------------ loading
@@ -365,27 +358,23 @@ def classes_from_dict(data: Any, source: str = "<classes>") -> ClassSet:
     return ClassSet(rules, source)
 
 
-def _parse_toml(raw: str) -> Any:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
+def _parse(raw: str, fmt: str) -> Any:
+    """``raw`` parsed as ``"TOML"`` or ``"JSON"``; a ValueError when it is not valid."""
+    module: Any = json
+    if fmt == "TOML":
         try:
-            import tomli as tomllib  # type: ignore[no-redef]
-        except ModuleNotFoundError:
-            raise MechprobeError(
-                "reading TOML needs Python 3.11+ or the tomli package; or write the classes as JSON"
-            ) from None
+            import tomllib as module
+        except ModuleNotFoundError:  # Python 3.10
+            try:
+                import tomli as module
+            except ModuleNotFoundError:
+                raise MechprobeError(
+                    "reading TOML needs Python 3.11+ or the tomli package; or write JSON"
+                ) from None
     try:
-        return tomllib.loads(raw)
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"not valid TOML: {exc}") from None
-
-
-def _parse_json(raw: str) -> Any:
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON: {exc}") from None
+        return module.loads(raw)
+    except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        raise ValueError(f"not valid {fmt}: {exc}") from None
 
 
 def load_classes(path: str | Path) -> ClassSet:
@@ -403,13 +392,10 @@ def load_classes(path: str | Path) -> ClassSet:
     except (OSError, UnicodeDecodeError) as exc:
         raise MechprobeError(f"cannot read classes file {source!r}: {exc}") from None
     suffix = Path(path).suffix.lower()
-    parsers = {".toml": [_parse_toml], ".json": [_parse_json]}.get(
-        suffix, [_parse_json, _parse_toml]
-    )
     problems = []
-    for parse in parsers:
+    for fmt in {".toml": ["TOML"], ".json": ["JSON"]}.get(suffix, ["JSON", "TOML"]):
         try:
-            return classes_from_dict(parse(raw), source)
+            return classes_from_dict(_parse(raw, fmt), source)
         except ValueError as exc:
             problems.append(" ".join(str(exc).split()))
     raise MechprobeError(f"cannot parse classes file {source!r}: {'; '.join(problems)}")
@@ -424,4 +410,4 @@ def negation_preset() -> ClassSet:
     """
     from mechprobe.data import read_data_text
 
-    return classes_from_dict(_parse_toml(read_data_text(NEGATION_PRESET)), NEGATION_PRESET)
+    return classes_from_dict(_parse(read_data_text(NEGATION_PRESET), "TOML"), NEGATION_PRESET)

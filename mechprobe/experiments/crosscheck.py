@@ -1,7 +1,8 @@
 """TransformerLens vs HuggingFace parity for every layer of a model.
 
 For each layer: ``hook_q/k/v`` against the HF projection outputs (GPT-2: ``attn.c_attn`` split;
-others: ``q_proj/k_proj/v_proj``), the QK-norm outputs where the model has them,
+others: ``q_proj/k_proj/v_proj``), the QK-norm outputs and the rotated Q and K (``hook_rot_q``,
+``hook_rot_k``: the family's own ``apply_rotary_pos_emb`` on HF's values) where the model has them,
 ``mlp.hook_pre`` against ``mlp.c_fc`` / ``gate_proj``, ``hook_resid_post`` against
 ``output_hidden_states``, ``hook_pattern`` against ``output_attentions`` (eager); then the final
 norm and the logits. A difference that is not finite (NaN, inf) is a failure, never a pass.
@@ -37,6 +38,8 @@ LAYER_CHECKS = (
     ("hook_v", "v"),
     ("hook_q_normed", "q_normed"),
     ("hook_k_normed", "k_normed"),
+    ("hook_rot_q", "rot_q"),
+    ("hook_rot_k", "rot_k"),
     ("mlp.hook_pre", "mlp_pre"),
     ("resid_post", "resid_post"),
     ("pattern", "pattern"),

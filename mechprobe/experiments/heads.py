@@ -363,6 +363,17 @@ def table(result: ExperimentResult) -> str:
     return "\n".join(lines)
 
 
+def depth_curves(result: ExperimentResult) -> dict[str, tuple[list[int], list[float]]]:
+    """The negative share of raw scores at the dissected layer (for ``mechprobe sweep``)."""
+    s = result.summary
+    frac = s["negative_fraction"]
+    return {
+        f"negative raw scores, {k}-head": ([s["layer"]], [frac[k]])
+        for k in ("same", "diff")
+        if frac[k] is not None
+    }
+
+
 SPEC = Experiment(
     name=NAME,
     title="E2: isolating attention heads",
@@ -418,4 +429,5 @@ SPEC = Experiment(
     checks=checks,
     needs_reference=True,
     course=Course(model="gpt2", overrides={"layer": COURSE_LAYER}),
+    depth_curves=depth_curves,
 )

@@ -437,6 +437,19 @@ def table(result: ExperimentResult) -> str:
     return "\n".join(lines)
 
 
+def depth_curves(result: ExperimentResult) -> dict[str, tuple[list[int], list[float]]]:
+    """Per layer: the share of significant units of each family (for ``mechprobe sweep``)."""
+    s = result.summary
+    rows = s["per_layer"]
+    return {
+        f"% significant, {'Q|K|V' if fam == 'qkv' else 'MLP'}": (
+            [r["layer"] for r in rows],
+            [r[fam]["percent_significant"] for r in rows],
+        )
+        for fam in s["components"]
+    }
+
+
 SPEC = Experiment(
     name=NAME,
     title="E1: negation tuning in Q/K/V and MLP units",
@@ -482,4 +495,5 @@ SPEC = Experiment(
     finding=finding,
     course=Course(model="gpt2-large", needs_text=True),
     text_source=True,
+    depth_curves=depth_curves,
 )

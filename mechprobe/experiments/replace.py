@@ -383,6 +383,16 @@ def table(result: ExperimentResult) -> str:
     return "\n".join(lines)
 
 
+def depth_curves(result: ExperimentResult) -> dict[str, tuple[list[int], list[float]]]:
+    """Per block output: the norm ratio to the baseline under each scale factor (for sweeps)."""
+    a, s = result.arrays, result.summary
+    blocks = list(range(s["n_layers"]))
+    return {
+        f"norm ratio, block output x{f:g}": (blocks, a[f"{name}_ratio"][1:].tolist())
+        for name, f in s["scales"].items()
+    }
+
+
 SPEC = Experiment(
     name=NAME,
     title="E4: replacing activations",
@@ -425,4 +435,5 @@ SPEC = Experiment(
     checks=checks,
     needs_reference=True,
     course=Course(model="gpt2", overrides={**COURSE_LAYERS, "head": COURSE_HEAD}),
+    depth_curves=depth_curves,
 )

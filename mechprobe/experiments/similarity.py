@@ -302,6 +302,12 @@ def table(result: ExperimentResult, blocks: Sequence[str] = ("QQ", "KK", "VV", "
     return "\n".join(lines)
 
 
+def depth_curves(result: ExperimentResult) -> dict[str, tuple[list[int], list[float]]]:
+    """Per layer: the target's mean |cos| over all blocks (for ``mechprobe sweep``)."""
+    layers = result.summary["layers"]
+    return {"mean |cos| at the target": (layers, result.arrays["depth_mean_abs"].tolist())}
+
+
 SPEC = Experiment(
     name=NAME,
     title="E3: Q/K/V similarities across layers",
@@ -347,4 +353,5 @@ SPEC = Experiment(
     table=table,
     finding=finding,
     course=Course(model="gpt2-xl"),
+    depth_curves=depth_curves,
 )

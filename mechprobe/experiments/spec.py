@@ -236,6 +236,8 @@ class Experiment:
         course: The course's settings, for the reproduce script.
         text_source: Whether its ``text`` setting names a text source (a path, URL or
             ``gutenberg:ID``) that ``mechprobe all --text`` sets.
+        depth_curves: ``depth_curves(result) -> {label: (layers, values)}``: the per-layer
+            curves ``mechprobe sweep`` overlays across models on relative depth.
     """
 
     name: str
@@ -253,6 +255,7 @@ class Experiment:
     needs_reference: bool = False
     course: Course | None = None
     text_source: bool = False
+    depth_curves: Callable[[Any], dict[str, tuple[list[int], list[float]]]] | None = None
 
     def figure(self, name: str) -> Figure:
         """The declared figure ``name``."""

@@ -44,6 +44,8 @@ class ArchMap:
         final_norm: Path of the final norm from the causal LM.
         q_norm: Path of the per-head query norm within a block (QK-norm models), else None.
         k_norm: Path of the per-head key norm within a block, else None.
+        attention: Path of the attention module within a block.
+        rotary: Whether attention rotates Q and K (the module's ``position_embeddings``).
     """
 
     family: str
@@ -54,6 +56,8 @@ class ArchMap:
     final_norm: str
     q_norm: str | None = None
     k_norm: str | None = None
+    attention: str = "self_attn"
+    rotary: bool = True
 
     @property
     def fused(self) -> bool:
@@ -68,6 +72,8 @@ class ArchMap:
         """
         if part in ("blocks", "final_norm"):
             return hf.get_submodule(getattr(self, part))
+        if part == "attention":
+            return hf.get_submodule(self.blocks)[layer].get_submodule(self.attention)
         block = hf.get_submodule(self.blocks)[layer]
         if part == "block":
             return block
@@ -100,6 +106,8 @@ GPT2 = ArchMap(
     qkv=("attn.c_attn",),
     mlp_in="mlp.c_fc",
     final_norm="transformer.ln_f",
+    attention="attn",
+    rotary=False,
 )
 LLAMA = ArchMap(
     family="llama",

@@ -47,8 +47,11 @@ def capture_reference(
 
     Q/K/V come from forward hooks on the projection(s) of `mechprobe.reference.arch` (GPT-2's
     fused ``attn.c_attn`` split into heads, or ``q_proj/k_proj/v_proj``), the QK-norm outputs
-    (``hook_q_normed``/``hook_k_normed``) where the architecture has them, and the MLP input from
-    ``mlp.c_fc`` / ``mlp.gate_proj``.
+    (``hook_q_normed``/``hook_k_normed``, ``[batch, head, pos, d_head]`` as HF computes them)
+    where the architecture has them, and the MLP input from ``mlp.c_fc`` / ``mlp.gate_proj``.
+    On rotary models the rotated Q and K (``hook_rot_q``/``hook_rot_k``) are the model family's
+    own ``apply_rotary_pos_emb`` applied to those Q and K (after the QK-norm where there is one)
+    with the ``position_embeddings`` the attention module receives.
 
     Args:
         hf_model: An unmodified HuggingFace causal LM (eager attention for ``attentions``).
@@ -88,6 +91,20 @@ def capture_reference(
 
         return split
 
+    rotary: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def keep_rotary(layer: int) -> Callable[..., None]:
+        def hook(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+            cos, sin = kwargs["position_embeddings"]
+            rotary[layer] = (cos.detach().clone(), sin.detach().clone())
+
+        return hook
+
+    pre_hooks = []
+    if arch.rotary:
+        for L in layers:
+            attn = arch.module(hf_model, "attention", L)
+            pre_hooks.append(attn.register_forward_pre_hook(keep_rotary(L), with_kwargs=True))
     pairs: list[tuple[Any, ForwardHook]] = []
     for L in layers:
         for proj, module in arch.qkv_modules(hf_model, L).items():
@@ -101,13 +118,39 @@ def capture_reference(
         )
         resid = hook_name(L, "resid_post")
         pairs.append((arch.module(hf_model, "block", L), keep(resid, block_hidden)))
-    with forward_hooks(pairs), torch.inference_mode():
-        res = hf_model(
-            tokens.to(next(hf_model.parameters()).device),
-            output_hidden_states=True,
-            output_attentions=attentions,
-        )
+    try:
+        with forward_hooks(pairs), torch.inference_mode():
+            res = hf_model(
+                tokens.to(next(hf_model.parameters()).device),
+                output_hidden_states=True,
+                output_attentions=attentions,
+            )
+    finally:
+        for h in pre_hooks:
+            h.remove()
+    for L, (cos, sin) in rotary.items():
+        out.update(_rotated(arch, hf_model, L, out, cos, sin))
     out["hidden_states"] = res.hidden_states
     out["attentions"] = res.attentions if attentions else None
     out["logits"] = res.logits
     return out
+
+
+def _rotated(
+    arch: Any, hf: Any, layer: int, out: dict[str, Tensor], cos: Tensor, sin: Tensor
+) -> dict[str, Tensor]:
+    """``hook_rot_q/k`` of one layer, ``[batch, pos, head, d_head]``, by the family's own code."""
+    import sys
+
+    attn = arch.module(hf, "attention", layer)
+    apply = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+    if arch.q_norm is not None:  # already [batch, head, pos, d_head]
+        q, k = out[hook_name(layer, "q_normed")], out[hook_name(layer, "k_normed")]
+    else:
+        q, k = (out[hook_name(layer, c)].transpose(1, 2) for c in "qk")
+    with torch.inference_mode():
+        rq, rk = apply(q, k, cos, sin)
+    return {
+        hook_name(layer, "rot_q"): rq.transpose(1, 2).contiguous(),
+        hook_name(layer, "rot_k"): rk.transpose(1, 2).contiguous(),
+    }

@@ -34,7 +34,8 @@ h1 { margin-bottom: .2rem; }
 h2 { border-bottom: 2px solid #ddd; padding-bottom: .3rem; margin-top: 2.5rem; }
 h3 { margin: 1.6rem 0 .2rem; }
 table { border-collapse: collapse; margin: .6rem 0; font-size: .9rem; }
-td, th { border: 1px solid #ddd; padding: .25rem .6rem; text-align: left; vertical-align: top; }
+td, th { border: 1px solid #ddd; padding: .25rem .6rem; text-align: left; vertical-align: top;
+         overflow-wrap: anywhere; max-width: 34rem; }
 th { background: #f5f5f5; }
 .ok { color: #0a7a28; font-weight: 600; }
 .bad { color: #b00020; font-weight: 600; }

@@ -259,10 +259,13 @@ def _run_one(
     wall = time.perf_counter() - t0
     peak, peak_how = peak_rss_mb(was_reset)
     failpoint(f"{spec.name}:computed")
+    from mechprobe.models import model_shape
+
     manifest = {
         "step": spec.name,
         "request": req,
         "model": req["model"],
+        "model_shape": model_shape(model).as_dict(),
         "config": dataclasses.asdict(config),
         "inputs": req["inputs"],
         "versions": package_versions(),

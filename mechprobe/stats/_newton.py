@@ -6,14 +6,17 @@ closed-form 2x2 solves; :mod:`mechprobe.stats._chunks` prepares the rows and tur
 estimates into results.
 
 Why hand-written: library solvers fit one model at a time, and at this size their per-fit
-overhead is the whole cost. Measured here (2 cores, 800 samples): statsmodels'
-``Logit(y, add_constant(x[:, j])).fit()`` with the p-value and accuracy took 1.4 ms a unit
-on a quiet machine (28 s for 20,000 units) and scikit-learn's
-``LogisticRegression(penalty=None, solver="newton-cholesky")`` 1.7 ms; no library batches
-many independent logistic fits. Written as array operations over all units, the same
-Newton iterations take about 0.15-0.25 s for the 20,000 units (``scripts/bench_probe.py``).
-That time goes to a handful of passes over the data, each a few elementwise operations
-and row-wise dot products; the rest of this module keeps their number down:
+overhead is the whole cost. Measured here (2 cores, 800 samples, warm): statsmodels'
+``Logit(y, add_constant(x[:, j])).fit()`` with its p-value and accuracy takes 0.7 ms a unit
+(14 s for 20,000 units), scikit-learn's ``LogisticRegression(penalty=None,
+solver="newton-cholesky")`` 1.5-1.8 ms; no library batches many independent logistic fits.
+Written as array operations over all units, the same Newton iterations take 0.17-0.25 s
+for the 20,000 units (``scripts/bench_probe.py``), about 14 ns of CPU time per sample and
+unit: a handful of passes over the data, each a few elementwise torch operations and
+numpy row-wise dot products (0.2-0.4 ns an element each, a float64 sigmoid 1.2 ns) on
+blocks of rows that stay in cache. A single fused loop per unit (numba, tried) was slower,
+10 ns an element for a float64 pass against 4.2 ns here, because its exponential is not
+vectorised. The rest of this module keeps the number of passes down:
 
 * the fit starts from linear discriminant analysis (free from the class means);
 * up to ``F32_PASSES`` float32 passes (a third of the cost of a float64 one) bring each
@@ -93,26 +96,18 @@ def newton(
     became singular, or pending), the information ``(h00, h01, h11)`` there, the
     convergence flag and the pass count; and the pending units, or None.
     """
-    n = xs.shape[1]
     syx = np.where(fit, syx, 0.0)
     if resume is None:
-        path, n_it, halvings = _start(syx, n1, n), np.zeros(fit.size, dtype=np.int64), None
+        path = _start(syx, n1, xs.shape[1])
+        n_it, halvings = np.zeros(fit.size, dtype=np.int64), np.zeros(fit.size, dtype=np.int64)
         warm = min(F32_PASSES, max_iter - 1)
         if warm > 0:
-            _warm_up(xs32, path, n_it, fit, float(n1), syx, passes=warm, tol=tol)
+            _warm_up(xs32, path, n_it, fit, n1, syx, passes=warm, tol=tol)
     else:
         path, n_it, halvings = (np.array(v) for v in resume[1:])
+    passes = 1 if resume is None else None
     return _polish(
-        xs,
-        path,
-        n_it,
-        np.zeros(fit.size, dtype=np.int64) if halvings is None else halvings,
-        fit,
-        float(n1),
-        syx,
-        passes=1 if resume is None else None,
-        max_iter=max_iter,
-        tol=tol,
+        xs, path, n_it, halvings, fit, n1, syx, passes=passes, max_iter=max_iter, tol=tol
     )
 
 
@@ -130,12 +125,6 @@ def _start(syx: UnitFloats, n1: int, n: int) -> Path:
     da = -0.5 * (1.0 - 2.0 * ybar) * d * db  # a = a0 - b (mean of the class means)
     a0, zero = np.full(syx.size, np.log(ybar / (1.0 - ybar))), np.zeros(syx.size)
     return np.stack([a0 + da, db, a0, zero, da, db, syx * db])
-
-
-#: The Newton state of units: rows ``a, b, a0, b0, da, db, phi0``. The point (a, b) was
-#: reached by the step (da, db) from (a0, b0), along which the slope of the log-likelihood
-#: was phi0 at (a0, b0).
-Path = Float[np.ndarray, "7 units"]
 
 
 def _step(path: Path, mask: UnitBools, s0: UnitFloats, s1: UnitFloats, g0, g1) -> None:
@@ -160,13 +149,13 @@ def _overshot(path: Path, g0: UnitFloats, g1: UnitFloats, tol: float) -> UnitBoo
     return (g0 * da + g1 * db < -phi0) & (np.maximum(np.abs(da), np.abs(db)) > tol)
 
 
-def _newton_step(sums: Float[np.ndarray, "units 9"], sy: float, syx: UnitFloats):
+def _newton_step(sums: Float[np.ndarray, "units 9"], n1: int, syx: UnitFloats) -> tuple:
     """Gradient, information, its determinant and Newton step from the sums of a pass.
 
     Returns ``g0, g1, h00, h01, h11, det, s0, s1`` (the step by the closed-form inverse of
     the 2x2 information); see :func:`_sums` for the sums.
     """
-    g0 = sy - sums[:, 0]  # sum (y - p)
+    g0 = n1 - sums[:, 0]  # sum (y - p)
     g1 = syx - sums[:, 3]  # sum (y - p) xs
     h00, h01, h11 = sums[:, 1], sums[:, 4], sums[:, 6]  # sum w (1, xs, xs^2)
     det = h00 * h11 - h01 * h01
@@ -180,7 +169,7 @@ def _warm_up(
     path: Path,
     n_it: UnitInts,
     fit: UnitBools,
-    sy: float,
+    n1: int,
     syx: UnitFloats,
     *,
     passes: int,
@@ -197,7 +186,7 @@ def _warm_up(
     for _ in range(passes):
         p = path[:, ids]
         sums = _sums(work, p[0], p[1], third=False)
-        g0, g1, *_, det, s0, s1 = _newton_step(sums, sy, syx[ids])
+        g0, g1, *_, det, s0, s1 = _newton_step(sums, n1, syx[ids])
         step = np.maximum(np.abs(s0), np.abs(s1))
         take = keep & ~_overshot(p, g0, g1, tol) & (det > 0) & (step < last)
         _step(p, take, s0, s1, g0, g1)
@@ -216,7 +205,7 @@ def _polish(
     n_it: UnitInts,
     halvings: UnitInts,
     fit: UnitBools,
-    sy: float,
+    n1: int,
     syx: UnitFloats,
     *,
     passes: int | None,
@@ -237,7 +226,7 @@ def _polish(
     while True:
         it += 1
         sums = _sums(work, path[0], path[1], third=True)
-        g0, g1, h00, h01, h11, det, s0, s1 = _newton_step(sums, sy, syx)
+        g0, g1, h00, h01, h11, det, s0, s1 = _newton_step(sums, n1, syx)
         mw = h01 / h00
         far = keep & (mw * mw > RECENTRE * (h11 / h00 - mw * mw)) & (shift == 0)
         live = keep & ~far  # the others' pass is repeated after re-centring
@@ -290,7 +279,7 @@ def _polish(
             return r_a, r_b, r_info, r_conv, n_it, (ids, path, n_it[ids], halvings)
         work = _rows(work, keep)
         if far.any():
-            _recentre(work, far, mw[far], path, syx, shift, sy)
+            _recentre(work, far, mw[far], path, syx, shift, n1)
         keep = np.ones(ids.size, dtype=bool)
 
 
@@ -301,7 +290,7 @@ def _recentre(
     path: Path,
     syx: UnitFloats,
     shift: UnitFloats,
-    sy: float,
+    n1: int,
 ) -> None:
     """Re-centre the rows of ``work`` where ``far`` at ``m``, their mean weighted by ``w``.
 
@@ -312,7 +301,7 @@ def _recentre(
     idx = torch.from_numpy(np.flatnonzero(far)).to(work.device)
     work[idx] = work[idx] - torch.from_numpy(m).to(work)[:, None]
     shift[far] += m
-    syx[far] -= m * sy
+    syx[far] -= m * n1  # sum y (xs - m)
     a, b, a0, b0, da, db, _ = path[:, far]
     path[0, far], path[2, far], path[4, far] = a + b * m, a0 + b0 * m, da + db * m
 

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import einops
 import numpy as np
@@ -173,3 +174,138 @@ def kde_curve(
             "use 'scott', 'silverman' or a factor near 1"
         )
     return density / density.max(), float(kde.factor)
+
+
+# ------------------------------------------------------------------ raw scores at every query
+
+
+#: Target size in bytes of one chunk of float64 scores in `query_position_scores`.
+SCORE_CHUNK_BYTES = 1 << 25
+_PAIR_KINDS = ("same", "diff")
+
+
+def query_position_scores(
+    q: Float[Tensor, "pos head d_head"], k: Float[Tensor, "pos kv_head d_head"]
+) -> dict[str, np.ndarray]:
+    """Raw-score statistics of every query position ``q >= 2`` against its keys ``1 .. q-1``.
+
+    The course's `raw_scores` take the last query against keys ``1 .. n-2``; here every query
+    position ``p`` in ``2 .. n-1`` is taken against keys ``1 .. p-1`` (the keys it may attend to,
+    less the first token and itself), unscaled, in float64. The pairs of a position are split as
+    in `split_same_diff`: same-head (query head ``h`` with key head ``kv_head_of(h)``: ``head x
+    (p-1)`` scores) and different-head (every other key head: ``head x (kv_head-1) x (p-1)``).
+    The last row is the course's last-query numbers: its fraction ``neg_same / n_same`` and
+    ``median_same`` are those of ``split_same_diff(raw_scores(q, k))[0]`` (and likewise diff).
+
+    Args:
+        q: Queries of one text (rotated where the model has rotary embeddings).
+        k: Keys of the same text, one per key/value head.
+
+    Returns:
+        ``q_pos`` ``[q_pos]`` (2 .. n-1) and, for ``same`` and ``diff``: ``n_{kind}`` (pairs),
+        ``neg_{kind}`` (pairs with a score < 0) and ``median_{kind}`` (NaN where there is no
+        pair, e.g. ``diff`` with one key/value head), each ``[q_pos]``.
+
+    Raises:
+        MechprobeError: If the text has fewer than 3 tokens (no query position ``>= 2``).
+
+    Example:
+        >>> q, k = torch.randn(6, 4, 16), torch.randn(6, 2, 16)
+        >>> s = query_position_scores(q, k)
+        >>> s["q_pos"].tolist(), s["n_same"].tolist(), s["n_diff"].tolist()
+        ([2, 3, 4, 5], [4, 8, 12, 16], [4, 8, 12, 16])
+    """
+    n_pos, n_heads, d_head = q.shape
+    n_kv = k.shape[1]
+    if k.shape[0] != n_pos or k.shape[2] != d_head or n_heads % n_kv:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} do not match")
+    if n_pos < 3:
+        raise MechprobeError(f"{n_pos} token(s): no query position >= 2 with a key 1 .. q-1")
+    same = torch.from_numpy(same_head_mask(n_heads, n_kv))
+    keys = k[1:-1].double()  # keys 1 .. n-2: every key some query position >= 2 uses
+    n_keys = keys.shape[0]
+    qs = torch.arange(2, n_pos)
+    out: dict[str, list[np.ndarray]] = {
+        f"{s}_{kind}": [] for s in ("n", "neg", "median") for kind in _PAIR_KINDS
+    }
+    step = max(1, SCORE_CHUNK_BYTES // (8 * n_heads * n_kv * n_keys))
+    for c0 in range(0, qs.numel(), step):
+        pos = qs[c0 : c0 + step]
+        pattern = "q_pos head d_head, k_pos kv_head d_head -> q_pos head kv_head k_pos"
+        scores = einops.einsum(q[pos].double(), keys, pattern)
+        valid = torch.arange(1, n_keys + 1)[None, :] <= (pos - 1)[:, None]  # [q_pos, k_pos]
+        kinds = {
+            "same": scores[:, same].reshape(len(pos), -1, n_keys),
+            "diff": scores[:, ~same].reshape(len(pos), -1, n_keys),
+        }
+        for kind, s in kinds.items():
+            ok = valid[:, None, :].expand_as(s).reshape(len(pos), -1)
+            flat = s.reshape(len(pos), -1)
+            n = ok.sum(-1)
+            out[f"n_{kind}"].append(n.numpy())
+            out[f"neg_{kind}"].append(((flat < 0) & ok).sum(-1).numpy())
+            out[f"median_{kind}"].append(_row_medians(flat, ok, n))
+    res = {key: np.concatenate(v) for key, v in out.items()}
+    return {"q_pos": qs.numpy(), **res}
+
+
+def pooled_negative_fraction(
+    stats: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    cluster: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Pooled share of negative raw scores over query positions, with a bootstrap interval.
+
+    ``stats`` is one text's `query_position_scores` (or a list, one per text, of one layer).
+    Per pair kind, ``fraction`` is all negative scores over all pairs (so later query
+    positions, with more keys, weigh more), with a percentile bootstrap interval from
+    resampling query positions (`mechprobe.stats.bootstrap.ratio_ci`); with ``cluster`` whole
+    texts are resampled instead (positions within a text share keys and are not independent).
+    Both kinds use the same resamples. Also: ``n_pairs``, ``n_positions`` and
+    ``share_negative_median``, the share of query positions whose median score is negative.
+
+    Example:
+        >>> s = query_position_scores(torch.randn(8, 4, 16) - 1, torch.randn(8, 2, 16) + 1)
+        >>> res = pooled_negative_fraction(s, n_boot=200)
+        >>> res["same"]["low"] <= res["same"]["fraction"] <= res["same"]["high"]
+        True
+    """
+    from mechprobe.stats.bootstrap import ratio_ci
+
+    texts = [stats] if isinstance(stats, Mapping) else list(stats)
+    if not texts:
+        raise MechprobeError("no texts to pool")
+    text_id = np.concatenate([np.full(len(t["q_pos"]), i) for i, t in enumerate(texts)])
+    result = {}
+    for kind in _PAIR_KINDS:
+        neg = np.concatenate([t[f"neg_{kind}"] for t in texts])
+        n = np.concatenate([t[f"n_{kind}"] for t in texts])
+        med = np.concatenate([t[f"median_{kind}"] for t in texts])
+        ci = ratio_ci(neg, n, n_boot, seed, level, groups=text_id if cluster else None)
+        with np.errstate(invalid="ignore"):
+            share = float(np.mean(med[n > 0] < 0)) if (n > 0).any() else float("nan")
+        result[kind] = {
+            "fraction": float(ci.estimate),
+            "low": float(ci.low),
+            "high": float(ci.high),
+            "n_pairs": int(n.sum()),
+            "n_positions": int(n.size),
+            "share_negative_median": share,
+        }
+    return result
+
+
+def _row_medians(
+    values: Float[Tensor, "q_pos pairs"], ok: Bool[Tensor, "q_pos pairs"], n: Tensor
+) -> np.ndarray:
+    """Median of each row's valid entries (mean of the two middle ones); NaN for none."""
+    if values.shape[1] == 0:
+        return np.full(values.shape[0], np.nan)
+    ordered = values.masked_fill(~ok, float("inf")).sort(dim=-1).values
+    lo = ((n - 1).clamp(min=0) // 2)[:, None]
+    hi = (n // 2).clamp(max=values.shape[1] - 1)[:, None]
+    med = (ordered.gather(-1, lo) + ordered.gather(-1, hi))[:, 0] / 2
+    return torch.where(n > 0, med, torch.nan).numpy()

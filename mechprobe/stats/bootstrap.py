@@ -106,8 +106,8 @@ def percentile_interval(
     Linear interpolation (``numpy.quantile``'s default); NaN where any replicate is NaN.
 
     Example:
-        >>> percentile_interval(np.arange(101.0), 0.9)
-        (5.0, 95.0)
+        >>> percentile_interval(np.arange(101.0), 0.5)
+        (25.0, 75.0)
     """
     level = check_number(level, low=0.0, high=1.0, inclusive=False, what="level")
     reps = np.asarray(replicates, dtype=np.float64)

@@ -1,0 +1,58 @@
+"""Whether a model can be loaded here, said before any loading: a reason, or None.
+
+A sweep lists a model it cannot load as skipped with this one-line reason and runs the rest. The
+check is cheap: installed packages for the offline models, the directory for a local path, the
+local HuggingFace cache and then a short connection check for hub ids.
+
+Example:
+    >>> unavailable("tiny-gpt2") is None
+    True
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mechprobe.errors import MechprobeError
+from mechprobe.models.registry import KNOWN_MODELS
+
+
+def _in_hub_cache(repo: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers depends on it
+        return False
+    return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+
+
+def unavailable(name: str) -> str | None:
+    """Why model ``name`` cannot be loaded here (one line), or None when it can.
+
+    Example:
+        >>> unavailable("gpt2") in (None, "gpt2 needs the HuggingFace hub: no network here "
+        ...     "and it is not in the local HuggingFace cache")
+        True
+    """
+    from mechprobe.models.describe import describe
+
+    known = KNOWN_MODELS.get(name)
+    if known is not None and known.offline:
+        try:
+            describe(name)  # finds the packages' files without loading anything
+        except MechprobeError as exc:
+            return str(exc)
+        return None
+    if Path(name).is_dir():
+        return None
+    repo = known.hub_id if known and known.hub_id else name
+    if _in_hub_cache(repo):
+        return None
+    from mechprobe.models.sources import hub_reachable
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"} or not hub_reachable():
+        return (
+            f"{name} needs the HuggingFace hub: no network here and it is not in the local "
+            "HuggingFace cache"
+        )
+    return None

@@ -1,0 +1,130 @@
+"""``mechprobe sweep``: the same steps on several models, one model in memory at a time.
+
+Each model's run goes into ``OUT/<model>/`` through `mechprobe.runner.run.run_steps` (its lock,
+manifests and ``--resume``); a model that cannot be loaded here (a hub model offline) is listed as
+skipped with a one-line reason and the others run. Then the comparative page ``OUT/index.html`` is
+built from what is on disk (`mechprobe.report.sweep`).
+
+Example:
+    >>> from mechprobe.experiments import get
+    >>> res = sweep(["tiny-gpt2", "gpt2"], Path("out"), lambda: [Step(get("heads"))])
+    >>> sorted(res.runs), res.skipped["gpt2"][:20]
+    (['tiny-gpt2'], 'gpt2 needs the Huggi')
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mechprobe.errors import MechprobeError
+from mechprobe.runner.run import RunOutcome, RunRequest, Step, run_steps
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep did.
+
+    Attributes:
+        runs: ``{model: RunOutcome}`` of the models that ran.
+        skipped: ``{model: reason}`` of the models that could not be loaded here.
+        wall_s: Wall time per model, seconds (load included).
+        page: The comparative page ``OUT/index.html``.
+    """
+
+    runs: dict[str, RunOutcome] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    wall_s: dict[str, float] = field(default_factory=dict)
+    page: Path = Path()
+
+
+def model_dir(out: Path, model: str) -> Path:
+    """``OUT/<model>``; a local directory or hub id becomes a safe folder name.
+
+    Example:
+        >>> model_dir(Path("out"), "org/some model").as_posix()
+        'out/org_some_model'
+    """
+    return out / re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/"))
+
+
+def sweep(
+    models: list[str],
+    out: Path,
+    steps: Callable[[], list[Step]],
+    *,
+    resume: bool = False,
+    device: str | None = None,
+    png: bool | None = None,
+    command: str = "mechprobe sweep (library call)",
+    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+) -> SweepOutcome:
+    """Run ``steps()`` on each model into ``OUT/<model>/``, then write the comparative page.
+
+    Args:
+        models: Model names, in page order (duplicates are an error).
+        out: The sweep's output directory.
+        steps: Makes a fresh list of steps for a model.
+        resume: Reuse steps whose manifests match exactly.
+        device: Torch device.
+        png: Export PNG figures (default: when a browser is available).
+        command: The command line, for the manifests.
+        log: Progress lines.
+    """
+    from mechprobe.models.availability import unavailable
+    from mechprobe.report.sweep import build_sweep_page
+
+    if len(set(models)) != len(models) or not models:
+        raise MechprobeError(f"give each model once, at least one: got {', '.join(models)}")
+    outcome = SweepOutcome()
+    for i, model in enumerate(models, 1):
+        reason = unavailable(model)
+        if reason is not None:
+            log(f"[skip] {model}: {reason}")
+            outcome.skipped[model] = reason
+            continue
+        log(f"[model {i}/{len(models)}] {model}")
+        t0 = time.perf_counter()
+        request = RunRequest(
+            model=model,
+            out=model_dir(out, model),
+            steps=steps(),
+            resume=resume,
+            device=device,
+            png=png,
+            command=command,
+        )
+        outcome.runs[model] = run_steps(request, log=log)
+        outcome.wall_s[model] = time.perf_counter() - t0
+        gc.collect()  # the model goes before the next one loads
+    outcome.page = build_sweep_page(out, models, outcome.skipped)
+    return outcome
+
+
+def describe_outcome(outcome: SweepOutcome) -> list[dict[str, Any]]:
+    """One row per model: ran or skipped, wall time, the steps' peak memory (from manifests).
+
+    Example:
+        >>> describe_outcome(SweepOutcome(skipped={"gpt2": "no network"}))
+        [{'model': 'gpt2', 'status': 'skipped: no network'}]
+    """
+    rows: list[dict[str, Any]] = []
+    for model, run in outcome.runs.items():
+        peak = max((s.manifest.get("peak_rss_mb", 0.0) for s in run.steps.values()), default=0.0)
+        reused = sum(s.reused for s in run.steps.values())
+        rows.append(
+            {
+                "model": model,
+                "status": f"ran ({reused} of {len(run.steps)} steps reused)",
+                "wall_s": round(outcome.wall_s[model], 1),
+                "peak_rss_mb": round(peak, 1),
+            }
+        )
+    rows += [{"model": m, "status": f"skipped: {r}"} for m, r in outcome.skipped.items()]
+    return rows

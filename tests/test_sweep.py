@@ -1,0 +1,111 @@
+"""mechprobe sweep: each model's run through the runner, skipped models, the comparative page."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from mechprobe.experiments import registry
+from mechprobe.report.markdown import verdicts_in_markdown
+from tests.helpers import REPO, run_cli
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+         "--disable-background-networking", "--disable-component-update"]  # fmt: skip
+
+
+def render(page, tmp_path):
+    """The page's DOM after headless Chromium rendered it (every figure counted)."""
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (.ci/run installs it)")
+        pytest.skip("chromium not installed")
+    res = subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=60000", "--dump-dom", page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout
+
+
+@pytest.mark.unit
+def test_sweep_runs_each_model_and_skips_what_cannot_load(
+    tmp_path, tiny_cli, shared_text, monkeypatch
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, out, err = run_cli(
+        "sweep", "--models", "tiny-gpt2,gpt2", "--experiments", "crosscheck,heads,similarity",
+        "--out", str(tmp_path), "--text", str(shared_text),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "[skip] gpt2: gpt2 needs the HuggingFace hub" in err
+    assert "tiny-gpt2        ran (0 of 3 steps reused)" in out
+    for step in ("crosscheck", "heads", "similarity"):
+        manifest = json.loads((tmp_path / "tiny-gpt2" / step / "manifest.json").read_text())
+        assert manifest["model"]["model"] == "tiny-gpt2"
+    assert (tmp_path / "tiny-gpt2" / "index.html").is_file()
+    page = (tmp_path / "index.html").read_text()
+    assert "gpt2</b>: skipped" in page and "href='tiny-gpt2/index.html'" in page
+    assert page.count("class='mp-figure'") == 2  # heads and similarity curves
+    code, out, err = run_cli(
+        "sweep", "--models", "tiny-gpt2", "--experiments", "heads", "--out", str(tmp_path), "--resume",
+    )  # fmt: skip
+    assert code == 0 and "[reuse] heads" in err and "(1 of 1 steps reused)" in out
+
+
+@pytest.mark.unit
+def test_sweep_checks_every_model_before_running(tmp_path, tiny_cli):
+    code, _, err = run_cli(
+        "sweep", "--models", "tiny-gpt2,smollm2-135m", "--experiments", "heads", "--out",
+        str(tmp_path), "--layer", "5",
+    )  # fmt: skip
+    assert code == 2  # --layer is no sweep option: argparse refuses it in one line
+    code, _, err = run_cli("sweep", "--models", "", "--out", str(tmp_path))
+    assert code == 2 and "--models" in err
+
+
+@pytest.fixture(scope="session")
+def offline_sweep(tmp_path_factory, shared_text):
+    """The README's sweep: both offline models, every experiment, the shared text."""
+    out = tmp_path_factory.mktemp("sweep")
+    code, stdout, err = run_cli(
+        "sweep", "--models", "smollm2-135m,gemma3-270m", "--out", str(out), "--text", str(shared_text),
+    )  # fmt: skip
+    assert code == 0, err[-3000:]
+    return out, stdout
+
+
+@pytest.mark.integration
+@pytest.mark.browser
+def test_offline_sweep_page_renders_every_figure(offline_sweep, tmp_path):
+    out, stdout = offline_sweep
+    assert "smollm2-135m" in stdout and "gemma3-270m" in stdout
+    for model in ("smollm2-135m", "gemma3-270m"):
+        for step in registry():
+            assert (out / model / step / "manifest.json").is_file(), (model, step)
+    dom = render(out / "index.html", tmp_path)
+    total = dom.split('data-figures-total="', 1)[1].split('"', 1)[0]
+    assert int(total) >= 4 and f'data-figures-rendered="{total}"' in dom
+    assert "data-js-errors" not in dom
+
+
+@pytest.mark.integration
+def test_readme_findings_agree_with_the_runs(offline_sweep):
+    """The README's table (one column per offline model) has the verdicts these runs give."""
+    out, _ = offline_sweep
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = readme.split("<!-- findings:start -->", 1)[1].split("<!-- findings:end -->", 1)[0]
+    columns = table.strip().splitlines()[0].split("|")[3:-1]
+    models = [c.strip() for c in columns]
+    assert models == ["smollm2-135m", "gemma3-270m"], models
+    in_readme = verdicts_in_markdown(table)
+    for name, spec in registry().items():
+        if spec.finding is None:
+            continue
+        got = [json.loads((out / m / name / "finding.json").read_text())["verdict"] for m in models]
+        assert in_readme[spec.title] == got, (name, in_readme.get(spec.title), got)
