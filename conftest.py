@@ -49,7 +49,7 @@ def smol_reference():
 def shared_text():
     """Path of The Variable Man (../shared/data/pg32154.txt); required in CI."""
     if not SHARED_TEXT.is_file():
-        if os.environ.get("CI"):
+        if os.environ.get("MECHPROBE_CI"):
             pytest.fail(f"shared text missing in CI: {SHARED_TEXT}")
         pytest.skip(f"shared text not found at {SHARED_TEXT}")
     return SHARED_TEXT

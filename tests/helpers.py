@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +71,40 @@ def run_tl(model, tokens, interventions, names):
     hooks = intervention_hooks(model, interventions, int(tokens.shape[1]))
     acts = collect(model, tokens, names, hooks=hooks, logits=True, progress=False)
     return acts, acts.pop(LOGITS)
+
+
+#: Headless Chromium flags for the browser tests.
+CHROME_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium() -> str:
+    """The Chromium binary, or a skip with the reason (a failure where CI requires a browser)."""
+    import pytest
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if os.environ.get("MECHPROBE_CI"):
+        pytest.fail("chromium is not installed (./quickstart.sh installs it with apt)")
+    pytest.skip(os.environ.get("MECHPROBE_NO_BROWSER") or "chromium is not installed")
+
+
+def render(
+    page: Path, profile: Path, *extra: str, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """Open ``page`` in headless Chromium (``--dump-dom`` unless ``extra`` says otherwise)."""
+    args = extra or ("--dump-dom",)
+    return subprocess.run(
+        [chromium(), *CHROME_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=60000",
+         *args, page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip

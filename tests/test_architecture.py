@@ -1,4 +1,4 @@
-"""The package's shape: layers that point one way, small modules, one spec per experiment, fast help."""
+"""The package's shape: layers pointing one way, small modules, complete specs, fast help."""
 
 from __future__ import annotations
 

@@ -100,7 +100,7 @@ def test_empty_text_is_a_one_line_error(tmp_path):
 
 @pytest.mark.integration
 def test_crosscheck_cli_smollm2(tmp_path):
-    code, out, err = run_cli(
+    code, _out, err = run_cli(
         "crosscheck", "--model", "smollm2-135m", "--out", str(tmp_path), "--no-png"
     )
     assert code == 0, err
@@ -112,7 +112,7 @@ def test_crosscheck_cli_smollm2(tmp_path):
 
 @pytest.mark.integration
 def test_crosscheck_gemma3_qk_norm_and_rotary(tmp_path):
-    code, out, err = run_cli(
+    code, _out, err = run_cli(
         "crosscheck", "--model", "gemma3-270m", "--out", str(tmp_path), "--no-png"
     )
     assert code == 0, err

@@ -38,9 +38,9 @@ def bad_files(tmp_path_factory):
     (root / "no_targets.txt").write_text("The cat sat on the mat. " * 200, encoding="utf-8")
     (root / "empty.txt").write_text("", encoding="utf-8")
     # a model directory with half of its model.safetensors, and one with pickles only
-    from mechprobe.models.sources import tiny_gpt2
-
     import torch
+
+    from mechprobe.models.sources import tiny_gpt2
 
     hf, tok = tiny_gpt2()
     hf.save_pretrained(root / "truncated")

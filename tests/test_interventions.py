@@ -249,7 +249,9 @@ def test_hf_hook_order_matters_for_output_hidden_states(tiny_reference):
     toks = tokens_of(tok)
     with torch.inference_mode():
         base = hf(toks, output_hidden_states=True).hidden_states
-    handle = hf_arch(hf).module(hf, "block", 0).register_forward_hook(scale_block_hook(10.0))  # appended
+    handle = (
+        hf_arch(hf).module(hf, "block", 0).register_forward_hook(scale_block_hook(10.0))
+    )  # appended
     try:
         with torch.inference_mode():
             late = hf(toks, output_hidden_states=True).hidden_states

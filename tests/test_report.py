@@ -1,27 +1,12 @@
 import html
 import json
-import os
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
 
 from mechprobe.experiments import registry
 from mechprobe.report.html import build_report, key_numbers
-from tests.helpers import run_cli
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROME_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from tests.helpers import render, run_cli
 
 
 @pytest.mark.unit
@@ -59,12 +44,6 @@ def test_report_of_two_models_says_so(tmp_path, tiny_cli):
     assert run_cli("crosscheck", "--model", "tiny-gpt2", "--out", str(tmp_path))[0] == 0
     text = (tmp_path / "index.html").read_text()
     assert "holds results of 2 models (other-model, tiny-gpt2)" in text
-
-
-def _chromium(*args, timeout=180):
-    return subprocess.run(
-        [CHROMIUM, *CHROME_FLAGS, *args], capture_output=True, text=True, timeout=timeout
-    )
 
 
 @pytest.fixture(scope="module")
@@ -113,20 +92,9 @@ def test_report_shows_exactly_what_is_on_disk(full_run):
 @pytest.mark.unit
 @pytest.mark.browser
 def test_report_renders_in_headless_chromium(full_run, tmp_path):
-    if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (.ci/run installs it)")
-        pytest.skip("chromium not installed")
     full_run, _ = full_run
-    url = (full_run / "index.html").resolve().as_uri()
-    profile = tmp_path / "profile"
-    dom = _chromium(
-        f"--user-data-dir={profile}",
-        "--virtual-time-budget=30000",
-        "--enable-logging=stderr",
-        "--dump-dom",
-        url,
-    )
+    page, profile = full_run / "index.html", tmp_path / "profile"
+    dom = render(page, profile, "--enable-logging=stderr", "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
     html = dom.stdout
     n_specs = len([p for p in full_run.glob("*/figures/*.json") if p.name != "index.json"])
@@ -140,13 +108,7 @@ def test_report_renders_in_headless_chromium(full_run, tmp_path):
     ]
     assert not console_errors, console_errors
     shot = tmp_path / "shot.png"
-    res = _chromium(
-        f"--user-data-dir={profile}",
-        "--virtual-time-budget=30000",
-        "--window-size=1280,2400",
-        f"--screenshot={shot}",
-        url,
-    )
+    res = render(page, profile, "--window-size=1280,2400", f"--screenshot={shot}")
     assert res.returncode == 0 and shot.is_file(), res.stderr[-2000:]
     from PIL import Image
 

@@ -1,4 +1,4 @@
-"""Runs as first-class objects: manifests, exact resume, one writer per OUT, whole step directories."""
+"""Runs as first-class objects: manifests, exact resume, one writer per OUT, whole steps."""
 
 from __future__ import annotations
 

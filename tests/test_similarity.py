@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from mechprobe.corpus.sentences import encode_sentences
 from mechprobe.data import read_data_text
 from mechprobe.errors import MechprobeError
-from mechprobe.corpus.sentences import encode_sentences
 from mechprobe.experiments import similarity as e3
 from mechprobe.experiments.result import ExperimentResult
 from mechprobe.experiments.similarity import SimilarityConfig

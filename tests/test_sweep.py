@@ -3,34 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 
 import pytest
 
 from mechprobe.experiments import registry
 from mechprobe.report.markdown import verdicts_in_markdown
-from tests.helpers import REPO, run_cli
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
-         "--disable-background-networking", "--disable-component-update"]  # fmt: skip
-
-
-def render(page, tmp_path):
-    """The page's DOM after headless Chromium rendered it (every figure counted)."""
-    if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (.ci/run installs it)")
-        pytest.skip("chromium not installed")
-    res = subprocess.run(
-        [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
-         "--virtual-time-budget=60000", "--dump-dom", page.resolve().as_uri()],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-2000:]
-    return res.stdout
+from tests.helpers import REPO, render, run_cli
 
 
 @pytest.mark.unit
@@ -53,7 +31,8 @@ def test_sweep_runs_each_model_and_skips_what_cannot_load(
     assert "gpt2</b>: skipped" in page and "href='tiny-gpt2/index.html'" in page
     assert page.count("class='mp-figure'") == 2  # heads and similarity curves
     code, out, err = run_cli(
-        "sweep", "--models", "tiny-gpt2", "--experiments", "heads", "--out", str(tmp_path), "--resume",
+        "sweep", "--models", "tiny-gpt2", "--experiments", "heads", "--out", str(tmp_path),
+        "--resume",
     )  # fmt: skip
     assert code == 0 and "[reuse] heads" in err and "(1 of 1 steps reused)" in out
 
@@ -74,7 +53,8 @@ def offline_sweep(tmp_path_factory, shared_text):
     """The README's sweep: both offline models, every experiment, the shared text."""
     out = tmp_path_factory.mktemp("sweep")
     code, stdout, err = run_cli(
-        "sweep", "--models", "smollm2-135m,gemma3-270m", "--out", str(out), "--text", str(shared_text),
+        "sweep", "--models", "smollm2-135m,gemma3-270m", "--out", str(out),
+        "--text", str(shared_text),
     )  # fmt: skip
     assert code == 0, err[-3000:]
     return out, stdout
@@ -88,7 +68,9 @@ def test_offline_sweep_page_renders_every_figure(offline_sweep, tmp_path):
     for model in ("smollm2-135m", "gemma3-270m"):
         for step in registry():
             assert (out / model / step / "manifest.json").is_file(), (model, step)
-    dom = render(out / "index.html", tmp_path)
+    res = render(out / "index.html", tmp_path / "profile")
+    assert res.returncode == 0, res.stderr[-2000:]
+    dom = res.stdout
     total = dom.split('data-figures-total="', 1)[1].split('"', 1)[0]
     assert int(total) >= 4 and f'data-figures-rendered="{total}"' in dom
     assert "data-js-errors" not in dom

@@ -325,19 +325,19 @@ def _sums(xs: Rows, a: UnitFloats, b: UnitFloats, *, third: bool) -> Float[np.nd
     b_t = torch.from_numpy(b).to(device=dev, dtype=dt)[:, None]
     k = 3 if third else 2
     block = max(1, BLOCK_ELEMENTS // n) if dev.type == "cpu" else r
-    f = xs.new_empty(min(block, r), k + 1, n)  # p, w[, v], xs^2
+    f = xs.new_empty(min(block, r), k + 2, n)  # p, w[, v], xs^2, scratch
     out = np.full((r, 9), np.nan)
     for lo in range(0, r, block):
         hi = min(lo + block, r)
         x, fb, s = xs[lo:hi], f[: hi - lo, :k], out[lo:hi]
-        p, w, x2 = fb[:, 0], fb[:, 1], f[: hi - lo, k]
+        p, w, x2, tmp = fb[:, 0], fb[:, 1], f[: hi - lo, k], f[: hi - lo, k + 1]
         torch.mul(x, b_t[lo:hi], out=p).add_(a_t[lo:hi]).sigmoid_()
         torch.addcmul(p, p, p, value=-1.0, out=w)  # w = p (1 - p)
         torch.mul(x, x, out=x2)
         if third:
             v = fb[:, 2]
             torch.addcmul(w, p, w, value=-2.0, out=v)  # v = w (1 - 2 p)
-            s[:, 8] = dot(v * x, x2)
+            s[:, 8] = dot(torch.mul(v, x, out=tmp), x2)
         s[:, 0:k] = fb.sum(2).cpu().numpy()
         s[:, 3 : 3 + k] = dot(fb, x[:, None])
         s[:, 6 : 5 + k] = dot(fb[:, 1:], x2[:, None])
