@@ -24,7 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechprobe.errors import MechprobeError
-from mechprobe.hooks import HookFn, check_hook_names, stop_layer, unit_hook_names
+from mechprobe.hooks import PRE_BLOCK, HookFn, check_hook_names, stop_layer, unit_hook_names
 from mechprobe.models.registry import model_shape
 from mechprobe.units import heads_to_units
 
@@ -103,7 +103,7 @@ def collect(
     stop = None if logits else stop_layer(all_names, model_shape(model).n_layers)
     # When every hook sits in a block, the pass also ends once the last of them has fired, so
     # the final norm and the unembedding (large for big vocabularies) are never computed.
-    in_blocks = all(n.startswith("blocks.") for n in names)
+    in_blocks = all(n.startswith("blocks.") or n in PRE_BLOCK for n in names)
     abort_after = len(names) if in_blocks and not logits else None
     fired: set[str] = set()
     device = next(model.parameters()).device

@@ -46,7 +46,15 @@ EMBED = "hook_embed"
 #: The output of the final norm (the unembedding's input).
 FINAL_NORM = "ln_final.hook_out"
 #: The unit families of the probing experiments and the points behind them.
-UNIT_POINTS = {"qkv": ("q", "k", "v"), "mlp": ("mlp_pre",)}
+UNIT_POINTS = {
+    "qkv": ("q", "k", "v"),
+    "mlp": ("mlp_pre",),
+    "resid_post": ("resid_post",),
+    "attn_z": ("z",),
+    "mlp_post": ("mlp_post",),
+}
+#: Model-wide hook points computed before the first block.
+PRE_BLOCK = (EMBED, "hook_pos_embed")
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
 
 
@@ -119,9 +127,14 @@ def stop_layer(names: Iterable[str], n_layers: int) -> int | None:
     Example:
         >>> stop_layer(["blocks.3.attn.hook_q"], 30), stop_layer([FINAL_NORM], 30)
         (4, None)
+        >>> stop_layer([EMBED], 30)
+        1
     """
     layers = []
     for name in names:
+        if name in PRE_BLOCK:
+            layers.append(0)
+            continue
         m = _LAYER.match(name)
         if m is None:
             return None

@@ -221,7 +221,7 @@ def test_chunks_and_torch_input():
 
 def test_heldout_errors():
     y = np.array([0, 1, 0, 1, 1, 1])
-    with pytest.raises(MechprobeError, match="only class 1"):
+    with pytest.raises(MechprobeError, match="without fold 0 lacks class 0"):
         heldout_eval(np.zeros((6, 1)), y, np.array([0, 0, 0, 1, 1, 1]))
     with pytest.raises(ValueError, match="two folds"):
         heldout_eval(np.zeros((6, 1)), y, np.zeros(6, dtype=int))

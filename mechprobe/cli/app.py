@@ -135,7 +135,7 @@ def _steps_of(args: Any, names: Sequence[str]) -> list[Any]:
 def _names(text: str | None, flag: str) -> list[str]:
     specs = registry()
     if text is None:
-        return list(specs)
+        return [name for name, spec in specs.items() if spec.in_all]
     names = list(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
     if not names or any(n not in specs for n in names):
         raise MechprobeError(f"{flag}: expected a comma list of {', '.join(specs)}; got {text!r}")

@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
             else:
                 metavar = opt.metavar or opt.name.upper()
                 p.add_argument(opt.flag, metavar=metavar, help=text, **kwargs)
+    default = (
+        ",".join(n for n, s in specs.items() if s.in_all)
+        + "; also: "
+        + ",".join(n for n, s in specs.items() if not s.in_all)
+    )
     p = sub.add_parser(
         "all",
         parents=[common],
@@ -92,9 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="negation text: a path, an http(s) URL or gutenberg:ID (default: $MECHPROBE_TEXT, "
         "else gutenberg:32154)",
     )
-    p.add_argument(
-        "--steps", default=None, help=f"comma list of steps (default: {','.join(specs)})"
-    )
+    p.add_argument("--steps", default=None, help=f"comma list of steps (default: {default})")
     p = sub.add_parser(
         "sweep",
         parents=[common_options(model=False)],
@@ -108,6 +111,6 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="comma list of models, e.g. smollm2-135m,gemma3-270m,gpt2 (hub models need a network)",
     )
-    p.add_argument("--experiments", default=None, help=f"comma list (default: {','.join(specs)})")
+    p.add_argument("--experiments", default=None, help=f"comma list (default: {default})")
     p.add_argument("--text", default=None, help="negation text (as for 'all')")
     return parser

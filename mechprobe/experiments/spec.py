@@ -238,6 +238,7 @@ class Experiment:
             ``gutenberg:ID``) that ``mechprobe all --text`` sets.
         depth_curves: ``depth_curves(result) -> {label: (layers, values)}``: the per-layer
             curves ``mechprobe sweep`` overlays across models on relative depth.
+        in_all: Whether ``mechprobe all`` and ``mechprobe sweep`` run it by default.
     """
 
     name: str
@@ -256,6 +257,7 @@ class Experiment:
     course: Course | None = None
     text_source: bool = False
     depth_curves: Callable[[Any], dict[str, tuple[list[int], list[float]]]] | None = None
+    in_all: bool = True
 
     def figure(self, name: str) -> Figure:
         """The declared figure ``name``."""

@@ -228,15 +228,17 @@ def query_position_scores(
     out: dict[str, list[np.ndarray]] = {
         f"{s}_{kind}": [] for s in ("n", "neg", "median") for kind in _PAIR_KINDS
     }
+    # a chunk of query positions holds [q_pos, head, kv_head, k_pos] float64 scores (and a sort)
     step = max(1, SCORE_CHUNK_BYTES // (8 * n_heads * n_kv * n_keys))
     for c0 in range(0, qs.numel(), step):
         pos = qs[c0 : c0 + step]
+        n_k = int(pos[-1]) - 1  # this chunk's queries use keys 1 .. n_k at most
         pattern = "q_pos head d_head, k_pos kv_head d_head -> q_pos head kv_head k_pos"
-        scores = einops.einsum(q[pos].double(), keys, pattern)
-        valid = torch.arange(1, n_keys + 1)[None, :] <= (pos - 1)[:, None]  # [q_pos, k_pos]
+        scores = einops.einsum(q[pos].double(), keys[:n_k], pattern)
+        valid = torch.arange(1, n_k + 1)[None, :] <= (pos - 1)[:, None]  # [q_pos, k_pos]
         kinds = {
-            "same": scores[:, same].reshape(len(pos), -1, n_keys),
-            "diff": scores[:, ~same].reshape(len(pos), -1, n_keys),
+            "same": scores[:, same].reshape(len(pos), -1, n_k),
+            "diff": scores[:, ~same].reshape(len(pos), -1, n_k),
         }
         for kind, s in kinds.items():
             ok = valid[:, None, :].expand_as(s).reshape(len(pos), -1)

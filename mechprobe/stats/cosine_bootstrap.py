@@ -96,27 +96,28 @@ def resampled_mean_abs_cos(
     idx = np.asarray(indices)
     if idx.ndim != 2 or (idx.size and (idx.min() < 0 or idx.max() >= x.shape[0])):
         raise ValueError(f"indices must be [n_boot, n] rows of 0 .. {x.shape[0] - 1}")
-    n_units = x.shape[1]
     out = np.empty(idx.shape[0])
+    squares = None if centre else x * x
     with _blas_limit(blas_threads):
         for b, row in enumerate(idx):
-            out[b] = _one_resample(x, row, n_units, centre, dtype)
+            out[b] = _one_resample(x, squares, row, dtype)
     return out
 
 
-def _one_resample(x: np.ndarray, row: np.ndarray, n_units: int, centre: bool, dtype: type) -> float:
-    """The pooled mean ``|cos|`` on the rows ``row`` of ``x`` (see `resampled_mean_abs_cos`)."""
+def _one_resample(x: np.ndarray, squares: np.ndarray | None, row: np.ndarray, dtype: type) -> float:
+    """The pooled mean ``|cos|`` on the rows ``row`` of ``x``; centred when no ``squares``."""
     w = np.bincount(row, minlength=x.shape[0]).astype(np.float64)
     drawn = w > 0
     a, wd = x[drawn], w[drawn]
-    ok = np.ones(n_units, dtype=bool)
-    if centre:
-        ok = a.max(axis=0) > a.min(axis=0)  # constant on the drawn rows: exactly zero
+    if squares is None:  # centred: remove the weighted mean; a constant unit is exactly zero
         a = a - (wd @ a) / wd.sum()
-    a = a * np.sqrt(wd)[:, None]
-    norms = np.sqrt(np.einsum("ij,ij->j", a, a))
-    ok &= norms > 0
-    a = (a * np.where(ok, 1.0 / np.where(ok, norms, 1.0), 0.0)).astype(dtype)
+        norms = np.sqrt(wd @ (a * a))
+        ok = (norms > 0) & (x[drawn].max(axis=0) > x[drawn].min(axis=0))
+    else:
+        norms = np.sqrt(w @ squares)
+        ok = norms > 0
+    scale = np.where(ok, 1.0 / np.where(ok, norms, 1.0), 0.0)
+    a = (a * np.sqrt(wd)[:, None] * scale[None, :]).astype(dtype)
     n_ok = int(ok.sum())
     pairs = n_ok * (n_ok - 1) // 2
     return _upper_abs_sum(a) / pairs if pairs else float("nan")

@@ -115,7 +115,7 @@ def grouped_folds(
     Uses scikit-learn's ``StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)``.
 
     Args:
-        y: Binary labels, shape ``[samples]``.
+        y: Class labels (integers, two classes or more), shape ``[samples]``.
         groups: Group id per sample (e.g. from :func:`window_groups`).
         n_folds: Number of folds (``>= 2``).
         seed: Random seed of the shuffling.
@@ -126,7 +126,7 @@ def grouped_folds(
     Raises:
         MechprobeError: If a class occurs in fewer than ``n_folds`` groups (then some test
             fold cannot contain it), or a training split lacks a class.
-        ValueError: On mismatched shapes, non-binary labels or ``n_folds < 2``.
+        ValueError: On mismatched shapes, non-integer labels or ``n_folds < 2``.
 
     Example:
         >>> y = np.array([0, 1] * 6)
@@ -134,13 +134,16 @@ def grouped_folds(
         >>> sorted(np.bincount(folds).tolist())
         [4, 4, 4]
     """
-    yv = _labels(y)
+    raw = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    yv = raw.reshape(-1).astype(np.int64)
+    if not np.array_equal(yv, raw.reshape(-1)):
+        raise ValueError("y must hold integer class labels")
     g = np.asarray(groups)
     if g.shape != yv.shape:
         raise ValueError(f"groups has shape {g.shape}, y {yv.shape}")
     if n_folds < 2:
         raise ValueError(f"n_folds must be >= 2, got {n_folds}")
-    for cls in (0, 1):
+    for cls in np.unique(yv):
         n_groups = np.unique(g[yv == cls]).size
         if n_groups < n_folds:
             raise MechprobeError(
@@ -335,11 +338,13 @@ def _labels(y: Labels) -> np.ndarray:
 
 
 def _check_folds(y: np.ndarray, fold: np.ndarray) -> None:
+    classes = np.unique(y)
     for f in np.unique(fold):
-        train = y[fold != f]
-        if train.min() == train.max():
+        train = np.unique(y[fold != f])
+        if train.size < classes.size:
+            missing = ", ".join(str(int(c)) for c in np.setdiff1d(classes, train))
             raise MechprobeError(
-                f"the training split without fold {f} contains only class {int(train[0])}: "
+                f"the training split without fold {f} lacks class {missing}: "
                 "use fewer folds or more samples"
             )
 

@@ -167,6 +167,21 @@ def best_unit(fits: dict[str, dict[str, np.ndarray]]) -> tuple[str, int, int] | 
     return None if best is None else best[2:]
 
 
+def course_best_unit(beta: np.ndarray, significant: np.ndarray) -> int | None:
+    """The course's best unit of a layer: the largest beta among its significant units.
+
+    Example:
+        >>> course_best_unit(np.array([3.0, 5.0, 9.0]), np.array([True, True, False]))
+        1
+        >>> course_best_unit(np.array([1.0]), np.array([False])) is None
+        True
+    """
+    ok = significant & np.isfinite(beta)
+    if not ok.any():
+        return None
+    return int(np.flatnonzero(ok)[np.argmax(beta[ok])])
+
+
 def analyse_family(
     x: Float[Tensor, "batch layer units"],
     labels: np.ndarray,
@@ -175,41 +190,90 @@ def analyse_family(
     alpha: float,
     correction: str,
     folds: np.ndarray | None = None,
+    control: np.ndarray | None = None,
+    shuffled: np.ndarray | None = None,
+    method: str = "ml",
+    firth_separated: bool = True,
     desc: str = "fit",
 ) -> dict[str, Any]:
     """Fit, test and summarise one family of units (``[batch, layer, units]``) per layer.
 
+    Args:
+        x: Activations.
+        labels: Binary labels (0/1).
+        groups: Groups of units (slices of the units) to summarise separately.
+        alpha: Significance level.
+        correction: ``bonferroni`` or ``fdr``, per layer.
+        folds: Fold of each sample: held-out accuracy and AUC (None: skipped).
+        control: Control-task labels (same folds): their held-out accuracy, and selectivity.
+        shuffled: Shuffled labels: the percentage of significant units under no effect.
+        method: ``ml`` (the course's maximum-likelihood probe) or ``firth`` (every unit with
+            Firth's penalised fit; its profile-likelihood p decides significance).
+        firth_separated: With ``ml``, also give separated units a Firth fit (finite beta, p).
+        desc: Progress-bar label.
+
     Returns:
         ``fits`` (see `fit_layers`), ``significant`` (mask), ``p_threshold`` ``[layer]``,
-        ``cv_accuracy`` ``[layer, units]`` (None without ``folds``) and ``groups``: for each
-        group of units (a slice of the units), its `layer_summary` arrays (plus
-        ``mean_cv_accuracy`` with folds).
+        ``firth``, ``heldout``, ``control``, ``shuffled`` (each ``None`` or arrays
+        ``[layer, units]``) and ``groups``: for each group, its `layer_summary` arrays plus
+        ``mean_heldout_accuracy`` (of all units; ``_sig``: of the significant ones),
+        ``mean_heldout_auc``, ``max_heldout_accuracy``,
+        ``mean_control_accuracy``, ``selectivity`` and ``percent_significant_shuffled`` where
+        computed.
 
     Example:
         >>> y = np.array([0, 1] * 20)
         >>> x = torch.randn(40, 2, 6) + torch.tensor(y)[:, None, None]
-        >>> res = analyse_family(x, y, {"all": slice(0, 6)}, alpha=0.05, correction="fdr")
-        >>> res["groups"]["all"]["percent_significant"].shape
+        >>> res = analyse_family(x, y, {"all": slice(0, 6)}, alpha=0.05, correction="fdr",
+        ...                      folds=np.arange(40) // 2 % 4)
+        >>> res["groups"]["all"]["mean_heldout_accuracy"].shape
         (2,)
     """
-    from mechprobe.stats.folds import cv_accuracy
+    from mechprobe.stats.layerwise import firth_layers, heldout_layers
 
     fits = fit_layers(x, labels, desc=desc)
-    mask = significance_mask(fits["pvalue"], alpha, correction)
-    cv = None
-    if folds is not None:
-        cv = np.stack([cv_accuracy(x[:, i], labels, folds) for i in range(x.shape[1])])
+    firth = None
+    if method == "firth":
+        firth = firth_layers(x, labels, desc=f"firth {desc}")
+    elif firth_separated and fits["separated"].any():
+        firth = firth_layers(x, labels, fits["separated"], desc=f"firth {desc}")
+    p = firth["pvalue"] if method == "firth" else fits["pvalue"]
+    mask = significance_mask(p, alpha, correction)
+    heldout = (
+        heldout_layers(x, labels, folds, desc=f"held-out {desc}") if folds is not None else None
+    )
+    ctrl = None
+    if control is not None and folds is not None:
+        ctrl = heldout_layers(x, control, folds, desc=f"control {desc}")
+    shuffle = None
+    if shuffled is not None:
+        shuffle = significance_mask(fit_layers(x, shuffled, desc=f"shuffled {desc}")["pvalue"],
+                                    alpha, correction)  # fmt: skip
     summaries = {}
     for group, sl in groups.items():
         keys = ("beta", "accuracy", "converged", "separated")
         beta, acc, conv, sep = (fits[k][:, sl] for k in keys)
-        summaries[group] = layer_summary(beta, acc, mask[:, sl], conv, sep)
-        if cv is not None:
-            summaries[group]["mean_cv_accuracy"] = np.nanmean(cv[:, sl], -1)
+        g = layer_summary(beta, acc, mask[:, sl], conv, sep)
+        with np.errstate(invalid="ignore"):
+            if heldout is not None:
+                g["mean_heldout_accuracy"] = np.nanmean(heldout["accuracy"][:, sl], -1)
+                sig_acc = np.where(mask[:, sl], heldout["accuracy"][:, sl], np.nan)
+                g["mean_heldout_accuracy_sig"] = np.nanmean(sig_acc, -1)
+                g["max_heldout_accuracy"] = np.nanmax(heldout["accuracy"][:, sl], -1)
+                g["mean_heldout_auc"] = np.nanmean(heldout["auc"][:, sl], -1)
+            if ctrl is not None:
+                g["mean_control_accuracy"] = np.nanmean(ctrl["accuracy"][:, sl], -1)
+                g["selectivity"] = g["mean_heldout_accuracy"] - g["mean_control_accuracy"]
+            if shuffle is not None:
+                g["percent_significant_shuffled"] = 100.0 * shuffle[:, sl].mean(-1)
+        summaries[group] = g
     return {
         "fits": fits,
         "significant": mask,
         "p_threshold": p_threshold(mask, alpha, correction),
-        "cv_accuracy": cv,
+        "firth": firth,
+        "heldout": heldout,
+        "control": ctrl,
+        "shuffled": shuffle,
         "groups": summaries,
     }

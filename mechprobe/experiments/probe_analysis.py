@@ -1,0 +1,276 @@
+"""The work of `mechprobe.experiments.probe`: collect the units, run every statistic, arrange.
+
+Kept apart from the spec module so that importing the spec (for ``--help``) stays cheap; every
+statistic is computed in `mechprobe.stats`; this module orchestrates and arranges the arrays.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from mechprobe.experiments.probe_samples import ProbeSamples, contrasts, examples
+from mechprobe.experiments.result import ExperimentResult
+
+
+def analyse(config: Any, model: Any, samples: ProbeSamples) -> ExperimentResult:
+    """Collect the units at every sample and run every probe statistic (see `probe`)."""
+    from mechprobe.activations import collect, collect_units
+    from mechprobe.hooks import EMBED
+    from mechprobe.models.registry import model_shape
+    from mechprobe.stats.controls import control_task_labels, shuffled_labels
+    from mechprobe.stats.heldout import grouped_folds, window_groups
+    from mechprobe.stats.probe import analyse_family
+    from mechprobe.units import layout_of
+
+    pre, layers, layout = config.context_pre, list(config.layers), layout_of(model)
+    timing: dict[str, float] = {}
+    t0 = time.perf_counter()
+    acts = collect_units(
+        model, samples.windows, pre, layers, config.components, batch_size=config.batch_size
+    )
+    controls = not config.no_controls
+    if controls:
+        embed = collect(model, samples.windows, [EMBED], positions=pre, progress=False)[EMBED]
+        acts["embed"] = embed[:, None, :]
+    timing["forward"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    labels = samples.labels
+    folds = None
+    if config.folds:
+        groups = window_groups(
+            samples.positions, pre, config.context_post, sequences=samples.documents
+        )
+        folds = grouped_folds(labels, groups, config.folds, seed=config.seed)
+    control = control_task_labels(samples.word_types, labels, config.seed) if controls else None
+    shuffled = shuffled_labels(labels, config.seed) if controls else None
+    pairs = contrasts(samples.names, labels)
+    arrays: dict[str, np.ndarray] = {
+        "labels": labels.astype(np.int8),
+        "positions": samples.positions.astype(np.int64),
+        "layers": np.asarray(layers, dtype=np.int64),
+    }
+    if control is not None:
+        arrays["control_labels"] = np.asarray(control).astype(np.int8)
+    fits, per_layer = {}, [{"layer": layer} for layer in layers]
+    thresholds, flags, lexical = {}, {}, {}
+    for fam, x in acts.items():
+        groups = layout.groups(fam, x.shape[2]) if fam == "qkv" else {fam: slice(0, x.shape[2])}
+        results = []
+        for k, (name, y) in enumerate(pairs):
+            tag = fam if len(pairs) == 1 else f"{fam}:{name}"
+            results.append(
+                analyse_family(
+                    x,
+                    y,
+                    groups,
+                    alpha=config.alpha,
+                    correction=config.correction,
+                    folds=folds,
+                    control=None
+                    if control is None
+                    else (control == (k if len(pairs) > 1 else 1)).astype(np.int8),
+                    shuffled=None
+                    if shuffled is None
+                    else (shuffled == (k if len(pairs) > 1 else 1)).astype(np.int8),
+                    method=config.method,
+                    firth_separated=not config.no_firth,
+                    desc=f"fit {tag}",
+                )
+            )
+        if fam == "embed":
+            g = results[0]["groups"]["embed"]
+            lexical = {key: float(v[0]) for key, v in g.items() if not key.startswith("n_")}
+            arrays["embed_heldout_accuracy"] = _stack(results, "heldout", "accuracy")
+            continue
+        fits[fam] = results[0]["fits"]
+        _arrays(arrays, fam, results)
+        thresholds[fam] = [r["p_threshold"].tolist() for r in results]
+        flags[fam] = {
+            k: int(results[0]["groups"][fam][k].sum())
+            for k in ("n_separated", "n_constant", "n_not_converged")
+        }
+        for (name, _), res in zip(pairs, results, strict=True):
+            for group, figs in res["groups"].items():
+                key = group if len(pairs) == 1 else f"{group}:{name}"
+                for i, row in enumerate(per_layer):
+                    row[key] = {k: v[i].item() for k, v in figs.items()}
+                    row[key]["p_threshold"] = float(res["p_threshold"][i])
+    timing["fit"] = time.perf_counter() - t0
+    if config.save_activations:
+        for fam in config.components:
+            arrays[f"{fam}_acts"] = acts[fam].float().numpy()
+    t0 = time.perf_counter()
+    best = best_unit_details(config, model, samples, acts, fits, layers, arrays)
+    timing["best_unit"] = time.perf_counter() - t0
+    summary = {
+        "data": samples.source,
+        "classes": list(samples.names),
+        "contrasts": [name for name, _ in pairs],
+        "n_tokens": samples.n_tokens,
+        "n_samples": {n: int((labels == k).sum()) for k, n in enumerate(samples.names)},
+        "n_found": samples.n_found,
+        "layers": layers,
+        "components": list(config.components),
+        "n_units": {
+            g: sl.stop - sl.start
+            for fam in config.components
+            for g, sl in (
+                layout.groups(fam, acts[fam].shape[2])
+                if fam == "qkv"
+                else {fam: slice(0, acts[fam].shape[2])}
+            ).items()
+        },
+        "qkv_layout": {
+            "n_heads": layout.n_heads,
+            "n_kv_heads": layout.n_kv_heads,
+            "d_head": layout.d_head,
+            "slices": {c: [s.start, s.stop] for c, s in layout.slices().items()},
+        },
+        "alpha": config.alpha,
+        "correction": config.correction,
+        "method": config.method,
+        "folds": config.folds,
+        "thresholds": thresholds,
+        "fit_flags": flags,
+        "lexical_baseline": lexical,
+        "detail_layer": config.detail_layer,
+        "per_layer": per_layer,
+        "best_unit": best,
+        "matched_tokens": {
+            n: dict(
+                Counter(
+                    t for t, y in zip(samples.word_types, labels, strict=True) if y == k
+                ).most_common(25)
+            )
+            for k, n in enumerate(samples.names)
+        },
+        "examples": examples(model.tokenizer, samples, pre),
+        "model_shape": model_shape(model).as_dict(),
+        "timing_s": timing,
+    }
+    return ExperimentResult("probe", arrays, summary)
+
+
+def _stack(results: list[dict[str, Any]], part: str, key: str) -> np.ndarray:
+    values = [r[part][key] for r in results]
+    return values[0] if len(values) == 1 else np.stack(values)
+
+
+def _arrays(arrays: dict[str, np.ndarray], fam: str, results: list[dict[str, Any]]) -> None:
+    """The course's arrays (a leading class axis for more than two classes) and the new ones."""
+    for key in ("beta", "pvalue", "accuracy", "converged", "separated"):
+        arrays[f"{fam}_{key}"] = _stack(results, "fits", key)
+    arrays[f"{fam}_significant"] = _stack(
+        [{"m": {"s": r["significant"]}} for r in results], "m", "s"
+    )
+    for part, keys in (
+        ("heldout", ("accuracy", "auc")),
+        ("control", ("accuracy",)),
+        ("firth", ("beta", "pvalue")),
+    ):
+        if results[0][part] is not None:
+            for key in keys:
+                name = "control_accuracy" if part == "control" else f"{part}_{key}"
+                arrays[f"{fam}_{name}"] = _stack(results, part, key)
+
+
+def best_unit_details(
+    config: Any,
+    model: Any,
+    samples: ProbeSamples,
+    acts: dict[str, Any],
+    fits: dict[str, dict[str, np.ndarray]],
+    layers: list[int],
+    arrays: dict[str, np.ndarray],
+) -> dict[str, Any] | None:
+    """The best unit (course rule or accuracy rule), its probabilities and token heatmap.
+
+    The course's rule: the largest beta among the significant units of the detail layer's MLP
+    (or the first family without an MLP); the accuracy rule, or the course's rule finding no
+    significant unit: the most accurate converged unit of any layer. Adds
+    ``best_unit_probability``, ``best_unit_heatmap`` (raw activations over the first
+    ``heatmap_windows`` windows of the last class) and ``best_unit_heatmap_scaled`` (the
+    course's colouring: min-max over every window of that class and position, squared).
+    """
+    from mechprobe.activations import collect
+    from mechprobe.hooks import hook_name
+    from mechprobe.stats.probe import best_unit, course_best_unit
+    from mechprobe.units import heads_to_units, layout_of
+
+    rule, found = config.best_unit, None
+    if rule == "course":
+        fam = "mlp" if "mlp" in fits else next(iter(fits))
+        row = layers.index(config.detail_layer)
+        sig = arrays[f"{fam}_significant"]
+        found = course_best_unit(fits[fam]["beta"][row], sig[row] if sig.ndim == 2 else sig[0, row])
+        found = None if found is None else (fam, row, found)
+        if found is None:
+            rule = "accuracy (the course's rule found no significant unit)"
+    if found is None:
+        found = best_unit(fits)
+    if found is None:
+        return None
+    fam, row, unit = found
+    f, layer, pre = fits[fam], layers[row], config.context_pre
+    if fam == "qkv":
+        comp, head, dim = layout_of(model).locate(unit)
+        col = unit - layout_of(model).slice(comp).start
+        hook, where = hook_name(layer, comp), {"group": comp, "head": head, "dim": dim}
+    else:
+        from mechprobe.hooks import UNIT_POINTS
+
+        hook, col, where = hook_name(layer, UNIT_POINTS[fam][0]), unit, {"group": fam, "unit": unit}
+    xu = acts[fam][:, row, unit].double().numpy()
+    with np.errstate(over="ignore"):
+        arrays["best_unit_probability"] = 1.0 / (
+            1.0 + np.exp(-(f["intercept"][row, unit] + f["beta"][row, unit] * xu))
+        )
+    last = len(samples.names) - 1
+    rows = np.flatnonzero(samples.labels == last)
+
+    def pick(name: str, t: Any) -> Any:
+        return (heads_to_units(t) if t.ndim == 4 else t)[..., col]
+
+    heat = (
+        collect(
+            model,
+            samples.windows[rows],
+            [hook],
+            batch_size=config.batch_size,
+            transform=pick,
+            progress=False,
+        )[hook]
+        .double()
+        .numpy()
+    )
+    lo, hi = max(0, pre - 5), samples.windows.shape[1] - 1
+    low, high = heat.min(), heat.max()
+    scaled = (heat - low) / (high - low) if high > low else np.zeros_like(heat)
+    shown = rows[: config.heatmap_windows]
+    arrays["best_unit_heatmap"] = heat[: len(shown), lo : hi + 1]
+    arrays["best_unit_heatmap_scaled"] = scaled[: len(shown), lo : hi + 1] ** 2
+    decode = model.tokenizer.decode
+    return {
+        "rule": rule,
+        "component": fam,
+        "layer": layer,
+        "unit": unit,
+        "hook": hook,
+        "hook_column": col,
+        **where,
+        "accuracy": float(f["accuracy"][row, unit]),
+        "beta": float(f["beta"][row, unit]),
+        "intercept": float(f["intercept"][row, unit]),
+        "pvalue": float(f["pvalue"][row, unit]),
+        "heatmap_class": samples.names[last],
+        "heatmap_offsets": list(range(lo - pre, hi - pre + 1)),
+        "heatmap_positions": [int(p) for p in samples.positions[shown]],
+        "heatmap_tokens": [
+            [decode([int(t)]) for t in samples.windows[r, lo : hi + 1]] for r in shown
+        ],
+    }
