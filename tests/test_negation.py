@@ -14,7 +14,6 @@ from mechprobe.corpus.targets import decode_pieces, select_targets, tokenize_tex
 from mechprobe.experiments import negation as e1
 from mechprobe.experiments.negation import NegationConfig
 from mechprobe.models.registry import model_shape
-from mechprobe.stats.folds import cv_accuracy, stratified_folds
 from mechprobe.stats.probe import layer_summary, significance_mask
 from tests.helpers import assert_close, assert_one_line_error, run_cli
 
@@ -33,7 +32,7 @@ AFF |= {"shall", "should"}
 @pytest.fixture(scope="module")
 def neg_run(tiny_model, shared_text):
     config = NegationConfig(
-        text=str(shared_text), max_samples=N_PER_CLASS, cv=3, save_activations=True
+        text=str(shared_text), max_samples=N_PER_CLASS, folds=3, save_activations=True
     )
     return run_negation(config, tiny_model)
 
@@ -114,15 +113,22 @@ def test_unit_activations_match_hf_c_attn_and_c_fc(neg_run, tiny_reference, hf_i
 def test_best_unit_heatmap_agrees_with_target_activations(neg_run):
     a, b = neg_run.arrays, neg_run.summary["best_unit"]
     comp, L, unit = b["component"], b["layer"], b["unit"]
-    # the best unit is the most accurate converged unit over everything fitted
-    best_acc = max(
-        np.where(a[f"{c}_converged"], a[f"{c}_accuracy"], -1).max() for c in ("qkv", "mlp")
-    )
-    assert a[f"{comp}_accuracy"][L, unit] == best_acc and a[f"{comp}_converged"][L, unit]
-    neg_rows = np.flatnonzero(a["labels"] == 1)[:20]
+    # the course's rule: the largest beta among the significant MLP units of the detail layer
+    detail = neg_run.summary["detail_layer"]
+    assert (b["rule"], comp, L) == ("course", "mlp", detail)
+    sig = a["mlp_significant"][detail]
+    assert sig[unit] and a["mlp_beta"][detail, unit] == a["mlp_beta"][detail][sig].max()
+    neg_rows = np.flatnonzero(a["labels"] == 1)
     heat = a["best_unit_heatmap"]
     assert heat.shape == (20, 16) and b["heatmap_offsets"] == list(range(-5, 11))
-    assert_close(heat[:, 5], a[f"{comp}_acts"][neg_rows, L, unit], atol=1e-4)
+    assert_close(heat[:, 5], a[f"{comp}_acts"][neg_rows[:20], L, unit], atol=1e-4)
+    # the course's colouring: min-max over every negation window and position, then squared,
+    # so its square root is an increasing affine function of the raw activation within [0, 1]
+    root = np.sqrt(a["best_unit_heatmap_scaled"]).ravel()
+    slope, offset = np.polyfit(heat.ravel(), root, 1)
+    assert slope > 0 and np.allclose(slope * heat.ravel() + offset, root, atol=1e-9)
+    assert root.min() >= 0 and root.max() <= 1
+    neg_rows = neg_rows[:20]
     assert b["heatmap_positions"] == a["positions"][neg_rows].tolist()
     # the target token sits in column 5 and is a negation
     for row in b["heatmap_tokens"]:
@@ -184,7 +190,7 @@ def test_per_layer_figures_match_hand_computation(neg_run):
         with np.errstate(invalid="ignore"):
             sig = p < alpha / n_units  # NaN compares False
         assert np.array_equal(sig, a[f"{comp}_significant"])
-        assert s["thresholds"][comp]["p"] == [alpha / n_units] * 2
+        assert s["thresholds"][comp] == [[alpha / n_units] * 2]
         for L in range(2):
             row = s["per_layer"][L]
             assert row["layer"] == L
@@ -199,8 +205,8 @@ def test_per_layer_figures_match_hand_computation(neg_run):
                 else:
                     assert np.isnan(f["mean_accuracy_sig_pos"])
                 assert f["n_significant"] == m.sum() and f["n_significant_pos"] == pos.sum()
-                cv = a[f"{comp}_cv_accuracy"][L, sl]
-                assert f["mean_cv_accuracy"] == pytest.approx(np.nanmean(cv))
+                held = a[f"{comp}_heldout_accuracy"][L, sl]
+                assert f["mean_heldout_accuracy"] == pytest.approx(np.nanmean(held))
 
 
 @pytest.mark.unit
@@ -230,54 +236,6 @@ def test_fdr_and_bonferroni_masks_vs_statsmodels():
         got = significance_mask(p[None, :], 0.05, corr)[0]
         assert np.array_equal(got, want), method
     assert got.sum() > 0
-
-
-@pytest.mark.unit
-def test_stratified_folds():
-    labels = np.array([0] * 23 + [1] * 17)
-    folds = stratified_folds(labels, 4, seed=1)
-    assert np.array_equal(folds, stratified_folds(labels, 4, seed=1))
-    for c in (0, 1):
-        counts = np.bincount(folds[labels == c], minlength=4)
-        assert counts.max() - counts.min() <= 1
-    from mechprobe.errors import MechprobeError
-
-    with pytest.raises(MechprobeError):
-        stratified_folds(np.array([0, 0, 0, 1]), 2)
-
-
-@pytest.mark.unit
-def test_cv_accuracy_matches_statsmodels_per_fold(neg_run):
-    a = neg_run.arrays
-    y = a["labels"].astype(np.float64)
-    folds = stratified_folds(a["labels"], 3, seed=0)
-    units = [0, 70, 150]
-    x = a["qkv_acts"][:, 1, units].astype(np.float64)
-    got = cv_accuracy(x, a["labels"], folds)
-    want = np.zeros(len(units))
-    for f in range(3):
-        tr, te = folds != f, folds == f
-        for j in range(len(units)):
-            params, _, _ = _statsmodels_fit(x[tr, j], y[tr])
-            want[j] += ((params[0] + params[1] * x[te, j] > 0) == y[te]).sum()
-    assert_close(got, want / len(y), atol=0)
-    assert_close(a["qkv_cv_accuracy"][1, units], want / len(y), atol=0)
-
-
-@pytest.mark.unit
-def test_cv_accuracy_separated_and_constant_units():
-    y = np.array([0] * 10 + [1] * 8)
-    folds = stratified_folds(y, 2, seed=0)
-    sep = np.where(y == 1, 5.0, 1.0) + np.arange(18) * 0.01  # perfectly separating
-    const = np.full(18, 2.0)
-    x = np.stack([sep, const], 1)
-    acc = cv_accuracy(x, y, folds)
-    assert acc[0] == 1.0
-    # constant unit: each fold predicts its training majority (affirmation, 5 vs 4)
-    assert acc[1] == pytest.approx(10 / 18)
-
-
-# ------------------------------------------------------------------- figures
 
 
 @pytest.mark.unit
@@ -328,7 +286,7 @@ def test_cli_end_to_end(tmp_path, shared_text, tiny_cli):
         "all",
     )
     assert code == 0, err
-    assert "40 affirmation / 40 negation" in stdout
+    assert "samples: 40 affirmation, 40 negation" in stdout
     d = out / "negation"
     with np.load(d / "arrays.npz", allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
@@ -340,17 +298,17 @@ def test_cli_end_to_end(tmp_path, shared_text, tiny_cli):
             assert arr.shape == (2, n) and arr.dtype.kind == kind, (comp, key)
         acc = arrays[f"{comp}_accuracy"]
         assert np.all((acc >= 0) & (acc <= 1))
-        assert f"{comp}_acts" not in arrays and f"{comp}_cv_accuracy" not in arrays
+        assert f"{comp}_acts" not in arrays and f"{comp}_heldout_accuracy" in arrays
     s = json.loads((d / "summary.json").read_text())
     manifest = json.loads((d / "manifest.json").read_text())
     assert manifest["model"]["model"] == "tiny-gpt2"
-    assert s["text"]["source"] == str(shared_text)
+    assert s["data"]["source"] == str(shared_text)
     sha = hashlib.sha256(shared_text.read_bytes()).hexdigest()
-    assert s["text"]["sha256"] == manifest["inputs"]["text"] == sha
-    assert s["n_affirmation"] == s["n_negation"] == 40
+    assert s["data"]["sha256"] == manifest["inputs"]["text"] == sha
+    assert s["n_samples"] == {"affirmation": 40, "negation": 40}
     assert s["alpha"] == 0.05 and s["correction"] == "bonferroni"
-    assert s["thresholds"]["qkv"]["p"][0] == pytest.approx(0.05 / 192)
-    assert s["thresholds"]["mlp"]["p"][0] == pytest.approx(0.05 / 256)
+    assert s["thresholds"]["qkv"][0][0] == pytest.approx(0.05 / 192)
+    assert s["thresholds"]["mlp"][0][0] == pytest.approx(0.05 / 256)
     assert [r["layer"] for r in s["per_layer"]] == [0, 1]
     for r in s["per_layer"]:
         assert set(r) >= {"qkv", "q", "k", "v", "mlp"}
@@ -358,7 +316,7 @@ def test_cli_end_to_end(tmp_path, shared_text, tiny_cli):
             assert set(r[g]) >= {"percent_significant", "mean_accuracy", "mean_accuracy_sig_pos"}
     assert s["timing_s"]["forward"] > 0 and s["timing_s"]["fit"] > 0
     assert manifest["peak_rss_mb"] > 0 and manifest["wall_s"] > 0
-    assert s["detail_layer"] == 1
+    assert s["detail_layer"] == 0  # the course's MLP layer 13 of 36, at the same relative depth
     for name in ("laminar", "beta_by_unit", "volcano", "best_unit_probabilities"):
         assert (d / "figures" / f"{name}.html").is_file()
     assert (d / "figures" / "best_unit_heatmap.html").is_file()
@@ -420,7 +378,7 @@ def test_smollm2_units_match_hf_projections(smol_model, smol_reference, shared_t
     hf, tok = smol_reference
     layers = (0, 17)
     config = NegationConfig(
-        text=str(shared_text), layers=layers, max_samples=4, save_activations=True
+        text=str(shared_text), layers=layers, max_samples=4, save_activations=True, folds=0
     )
     res = run_negation(config, smol_model)
     a, s = res.arrays, res.summary

@@ -46,6 +46,7 @@ def analyse(config: Any, model: Any, samples: ProbeSamples) -> ExperimentResult:
             samples.positions, pre, config.context_post, sequences=samples.documents
         )
         folds = grouped_folds(labels, groups, config.folds, seed=config.seed)
+
     control = control_task_labels(samples.word_types, labels, config.seed) if controls else None
     shuffled = shuffled_labels(labels, config.seed) if controls else None
     pairs = contrasts(samples.names, labels)
@@ -56,6 +57,8 @@ def analyse(config: Any, model: Any, samples: ProbeSamples) -> ExperimentResult:
     }
     if control is not None:
         arrays["control_labels"] = np.asarray(control).astype(np.int8)
+    if folds is not None:
+        arrays["folds"] = folds.astype(np.int8)
     fits, per_layer = {}, [{"layer": layer} for layer in layers]
     thresholds, flags, lexical = {}, {}, {}
     for fam, x in acts.items():
@@ -85,7 +88,8 @@ def analyse(config: Any, model: Any, samples: ProbeSamples) -> ExperimentResult:
         if fam == "embed":
             g = results[0]["groups"]["embed"]
             lexical = {key: float(v[0]) for key, v in g.items() if not key.startswith("n_")}
-            arrays["embed_heldout_accuracy"] = _stack(results, "heldout", "accuracy")
+            if results[0]["heldout"] is not None:
+                arrays["embed_heldout_accuracy"] = _stack(results, "heldout", "accuracy")
             continue
         fits[fam] = results[0]["fits"]
         _arrays(arrays, fam, results)
@@ -113,6 +117,7 @@ def analyse(config: Any, model: Any, samples: ProbeSamples) -> ExperimentResult:
         "contrasts": [name for name, _ in pairs],
         "n_tokens": samples.n_tokens,
         "n_samples": {n: int((labels == k).sum()) for k, n in enumerate(samples.names)},
+        "chance_accuracy": float(np.bincount(labels).max() / len(labels)),
         "n_found": samples.n_found,
         "layers": layers,
         "components": list(config.components),
