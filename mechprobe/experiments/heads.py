@@ -36,37 +36,27 @@ from typing import Any
 
 import numpy as np
 
+from mechprobe.experiments.heads_detail import default_text, tokenize
 from mechprobe.experiments.result import ExperimentResult
 from mechprobe.experiments.spec import Course, Experiment, Figure, Finding, option, verdict_of
 from mechprobe.models.registry import ModelShape
 from mechprobe.validate import (
     Problems,
     check_bandwidth,
+    check_count,
     check_index,
+    check_indices,
+    check_seed,
     check_tolerance,
     parse_float,
     parse_int,
+    parse_layers,
     relative_layer,
 )
 
 NAME = "heads"
-DEFAULT_TEXT_FILE = "heads_default.txt"
-KDE_POINTS = 300
-MIN_TOKENS = 3
 #: The course dissects layer 6 of GPT-2 small's 12.
 COURSE_LAYER = 6
-
-
-def default_text() -> str:
-    """The project's default passage (two factual sentences, about 35 tokens).
-
-    Example:
-        >>> default_text().startswith("Copper")
-        True
-    """
-    from mechprobe.data import read_data_text
-
-    return read_data_text(DEFAULT_TEXT_FILE).strip()
 
 
 @dataclass(frozen=True)
@@ -79,6 +69,9 @@ class HeadsConfig:
         bandwidth: ``gaussian_kde`` bandwidth: None or ``"scott"``, ``"silverman"``, a factor.
         tolerance: Largest max-abs difference the parity checks allow.
         truncate: Cut a text longer than the model's context (else that is an error).
+        layers: Layers of the per-layer analysis (None: every layer).
+        n_boot: Bootstrap resamples of the per-layer intervals.
+        seed: Bootstrap seed.
 
     Example:
         >>> resolve(HeadsConfig(), model_shape(model)).layer  # tiny-gpt2: 2 layers
@@ -96,6 +89,11 @@ class HeadsConfig:
     )
     tolerance: float = option(1e-5, "largest parity |diff| allowed (1e-5)", parse=parse_float)
     truncate: bool = option(False, "cut a text longer than the model's context to fit it")
+    layers: tuple[int, ...] | None = option(
+        None, "layers of the per-layer analysis: 'all' (default) or 0,3,5", parse=parse_layers
+    )
+    n_boot: int = option(1000, "bootstrap resamples of the per-layer intervals (1000)")
+    seed: int = option(0, "bootstrap seed (0)")
 
 
 def resolve(config: HeadsConfig, shape: ModelShape) -> HeadsConfig:
@@ -112,11 +110,21 @@ def resolve(config: HeadsConfig, shape: ModelShape) -> HeadsConfig:
     layer = p.check("layer", check_index, layer, shape.n_layers, "layer")
     bandwidth = p.check("bandwidth", check_bandwidth, config.bandwidth)
     tolerance = p.check("tolerance", check_tolerance, config.tolerance)
+    layers = p.check("layers", check_indices, config.layers, shape.n_layers, "layer")
+    p.check("n_boot", check_count, config.n_boot, 100, "bootstrap resamples")
+    p.check("seed", check_seed, config.seed)
     text = default_text() if config.text is None else config.text
     if not text.strip():
         p.add("text", "the text is empty")
     p.raise_if_any()
-    return replace(config, layer=layer, text=text, bandwidth=bandwidth, tolerance=tolerance)
+    return replace(
+        config,
+        layer=layer,
+        text=text,
+        bandwidth=bandwidth,
+        tolerance=tolerance,
+        layers=tuple(layers),
+    )
 
 
 def inputs(config: HeadsConfig) -> dict[str, str]:
@@ -126,32 +134,8 @@ def inputs(config: HeadsConfig) -> dict[str, str]:
     return {"text": text_source(config.text or default_text()).sha256}
 
 
-def tokenize(tokenizer: Any, text: str, n_ctx: int, truncate: bool = False) -> Any:
-    """Token ids of ``text`` without BOS, ``[1, pos]``; 3 tokens at least, the context at most.
-
-    Example:
-        >>> tokenize(tok, default_text(), 256).shape
-        torch.Size([1, 34])
-    """
-    import torch
-
-    from mechprobe.validate import fit_context
-
-    ids = tokenizer(text, add_special_tokens=False).input_ids
-    p = Problems()
-    if len(ids) < MIN_TOKENS:
-        p.add(
-            "text",
-            f"the text has {len(ids)} token(s); the head analysis needs at least {MIN_TOKENS} "
-            "(first token, at least one middle token, last token)",
-        )
-    ids = p.check("text", fit_context, ids, n_ctx, truncate) or ids
-    p.raise_if_any()
-    return torch.tensor([ids], dtype=torch.long)
-
-
 def run(config: HeadsConfig, model: Any, reference: Any) -> ExperimentResult:
-    """Dissect the attention heads of one layer on one text (see the module docstring).
+    """E2 on one text: the course's dissection of one layer, and raw scores at every layer.
 
     Args:
         config: The settings, resolved (`resolve`).
@@ -160,165 +144,104 @@ def run(config: HeadsConfig, model: Any, reference: Any) -> ExperimentResult:
             ``output_attentions`` parity check.
 
     Returns:
-        ``ExperimentResult("heads")``; ``summary["parity"]["passed"]`` says whether every
-        parity check is within ``config.tolerance``.
+        ``ExperimentResult("heads")``: the detail layer's arrays (`heads_detail.dissect`) and,
+        per analysed layer, ``layer_frac_<kind>`` with ``_low``/``_high`` (the pooled share of
+        negative raw scores over every query position, with its bootstrap interval over query
+        positions) and ``layer_holds``; ``summary["parity"]["passed"]`` says whether every parity
+        check is within ``config.tolerance``.
 
     Example:
-        >>> res = run(resolve(HeadsConfig(), model_shape(model)), model, (hf, tok))
-        >>> res.arrays["q_mean"].shape, res.summary["parity"]["passed"]
-        ((4,), True)
+        >>> res = run(resolve(HeadsConfig(n_boot=200), model_shape(model)), model, (hf, tok))
+        >>> res.arrays["q_mean"].shape, res.arrays["layer_frac_same"].shape
+        ((4,), (2,))
     """
-    import torch
-
     from mechprobe.activations import collect
-    from mechprobe.experiments.crosscheck import max_abs_diff, within
+    from mechprobe.experiments.heads_detail import dissect
     from mechprobe.hooks import hook_name
     from mechprobe.models.registry import model_shape
-    from mechprobe.reference import capture_reference
-    from mechprobe.stats import attention as att
+    from mechprobe.stats.attention import pooled_negative_fraction, query_position_scores
 
-    start = time.perf_counter()
     shape = model_shape(model)
-    layer = config.layer
     tokens = tokenize(model.tokenizer, config.text, shape.n_ctx, config.truncate)
-    rotary = all(hook_name(layer, p) in model.hook_dict for p in ("rot_q", "rot_k"))
-    q_point, k_point = ("rot_q", "rot_k") if rotary else ("q", "k")
-    points = list(dict.fromkeys(["q", "k", q_point, k_point, "scores", "pattern"]))
-    got = collect(model, tokens, [hook_name(layer, p) for p in points], progress=False)
-    acts = {p: got[hook_name(layer, p)][0] for p in points}
-
-    # Per-head statistics of the projection outputs (pre-rotary), tokens 1:.
-    q_mean, q_std = att.head_stats(acts["q"])
-    k_mean_kv, k_std_kv = att.head_stats(acts["k"])
-    kv_of = torch.from_numpy(att.kv_head_of(shape.n_heads, shape.n_kv_heads))
-
-    # Raw scores from the queries/keys attention really uses (rotated on rotary models).
-    q_att, k_att = acts[q_point], acts[k_point]
-    raw = att.raw_scores(q_att, k_att).numpy()
-    raw_same, raw_diff = att.split_same_diff(raw)
-
-    # Scaled, masked softmax in the model's dtype, and the parity checks.
-    mask = att.causal_mask(tokens.shape[1])
-    scores = att.scaled_scores(q_att, att.expand_kv(k_att, shape.n_heads))
-    pattern = att.masked_softmax(scores, mask)
-    hf_attn = capture_reference(reference[0], tokens, layers=[layer])["attentions"][layer][0]
-    parity = {
-        "scores_vs_hook_attn_scores": max_abs_diff(scores[:, mask], acts["scores"][:, mask]),
-        "softmax_vs_hook_pattern": max_abs_diff(pattern, acts["pattern"]),
-        "softmax_vs_hf_attentions": max_abs_diff(pattern, hf_attn),
-        "hook_pattern_vs_hf_attentions": max_abs_diff(acts["pattern"], hf_attn),
-    }
-    ok = all(within(d, config.tolerance) for d in parity.values())
-
-    pattern_np = pattern.double().numpy()
-    final_to_prev = pattern_np[:, -1, :-1].reshape(-1)
-    self_attn = np.diagonal(pattern_np, axis1=1, axis2=2)[:, 1:].reshape(-1)
-    first_self = pattern_np[:, 0, 0]
-    grid = np.linspace(0.0, 1.0, KDE_POINTS)
-    raw_all = np.concatenate([raw_same, raw_diff])
-    raw_grid = np.linspace(raw_all.min(), raw_all.max(), KDE_POINTS)
-    kdes = {
-        "final_to_prev": att.kde_curve(final_to_prev, grid, config.bandwidth),
-        "self": att.kde_curve(self_attn, grid, config.bandwidth),
-        "raw_same": att.kde_curve(raw_same, raw_grid, config.bandwidth),
-        "raw_diff": att.kde_curve(raw_diff, raw_grid, config.bandwidth),
-    }
-    arrays = {
-        "q_mean": q_mean.numpy(),
-        "q_std": q_std.numpy(),
-        "k_mean": k_mean_kv[kv_of].numpy(),
-        "k_std": k_std_kv[kv_of].numpy(),
-        "k_mean_kv": k_mean_kv.numpy(),
-        "k_std_kv": k_std_kv.numpy(),
-        "raw_scores": raw,
-        "raw_same": raw_same,
-        "raw_diff": raw_diff,
-        "attn_final_to_prev": final_to_prev,
-        "attn_self": self_attn,
-        "attn_first_self": first_self,
-        "pattern": pattern_np,
-        "kde_grid": grid,
-        "kde_final_to_prev": kdes["final_to_prev"][0],
-        "kde_self": kdes["self"][0],
-        "raw_kde_grid": raw_grid,
-        "kde_raw_same": kdes["raw_same"][0],
-        "kde_raw_diff": kdes["raw_diff"][0],
-    }
-    frac = {"same": _negative(raw_same), "diff": _negative(raw_diff)}
-    median = {"same": _median(raw_same), "diff": _median(raw_diff)}
-    summary = {
-        "layer": layer,
-        "n_layers": shape.n_layers,
-        "n_heads": shape.n_heads,
-        "n_kv_heads": shape.n_kv_heads,
-        "d_head": shape.d_head,
-        "n_tokens": int(tokens.shape[1]),
-        "tokens": [model.tokenizer.decode([t]) for t in tokens[0].tolist()],
-        "hooks": {
-            "stats": [hook_name(layer, "q"), hook_name(layer, "k")],
-            "scores": [hook_name(layer, q_point), hook_name(layer, k_point)],
-            "rotary": rotary,
-        },
-        "stats_ddof": 1,
-        "k_stats_per_query_head": "k_mean/k_std[h] = k_mean_kv/k_std_kv[kv_head_of(h)]",
-        "n_pairs": {"same": int(raw_same.size), "diff": int(raw_diff.size)},
-        "negative_fraction": frac,
-        "median": median,
-        "first_token_self_attention_max_dev": float(np.abs(first_self - 1.0).max()),
-        "bandwidth": config.bandwidth,
-        "bandwidth_factor": {k: _finite(v[1]) for k, v in kdes.items()},
-        "parity": {**parity, "tolerance": config.tolerance, "passed": ok},
-        "wall_s": round(time.perf_counter() - start, 3),
-    }
+    arrays, summary = dissect(config, model, reference, tokens)
+    t0 = time.perf_counter()
+    layers = list(config.layers)
+    rotary = all(hook_name(0, p) in model.hook_dict for p in ("rot_q", "rot_k"))
+    points = ("rot_q", "rot_k") if rotary else ("q", "k")
+    names = [hook_name(layer, p) for layer in layers for p in points]
+    acts = collect(model, tokens, names, progress=False)
+    per_layer = {f"{k}_{kind}": [] for kind in ("same", "diff") for k in ("frac", "low", "high")}
+    holds = []
+    for layer in layers:
+        q, k = (acts[hook_name(layer, p)][0] for p in points)
+        pooled = pooled_negative_fraction(
+            query_position_scores(q, k), n_boot=config.n_boot, seed=config.seed
+        )
+        for kind in ("same", "diff"):
+            r = pooled[kind]
+            per_layer[f"frac_{kind}"].append(r["fraction"])
+            per_layer[f"low_{kind}"].append(r["low"])
+            per_layer[f"high_{kind}"].append(r["high"])
+        kinds = [kind for kind in ("same", "diff") if pooled[kind]["n_pairs"]]
+        holds.append(all(pooled[kind]["low"] > 0.5 for kind in kinds))
+    for key, values in per_layer.items():
+        stat, kind = key.split("_")
+        arrays[f"layer_frac_{kind}" + ("" if stat == "frac" else f"_{stat}")] = np.array(values)
+    arrays["layers"] = np.array(layers, dtype=np.int64)
+    arrays["layer_holds"] = np.array(holds)
+    summary.update(
+        layers=layers,
+        per_layer_scores="every query position q >= 2 against keys 1..q-1 (the course: the last "
+        "query only); bootstrap over query positions",
+        n_boot=config.n_boot,
+        per_layer_s=round(time.perf_counter() - t0, 3),
+    )
     return ExperimentResult(NAME, arrays, summary)
 
 
-def _negative(x: np.ndarray) -> float | None:
-    return float((x < 0).mean()) if x.size else None
-
-
-def _median(x: np.ndarray) -> float | None:
-    return float(np.median(x)) if x.size else None
-
-
-def _finite(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
-
-
-def _claim_holds(frac: float | None, median: float | None) -> bool | None:
-    """Most raw scores below zero and a negative median (None: no such pairs)."""
-    if frac is None or median is None:
-        return None
-    return frac > 0.5 and median < 0
-
-
 def finding(result: ExperimentResult) -> Finding:
-    """The course's claim on raw scores against this run's same- and different-head pairs.
+    """The course's claim at every layer: most raw scores (same- and different-head) negative.
 
-    Holds when both pair kinds are mostly negative with negative medians; partly holds when
-    only the same-head pairs (a query head with the key head it really uses) are.
+    At a layer the claim holds when the 95% bootstrap interval (over query positions) of the
+    share of negative scores lies above 0.5 for every kind of pair the model has; over the
+    model it holds when it holds at more than half of the layers, partly when at some. The
+    course's own numbers (the last query at the course's layer) are given beside.
     """
-    s = result.summary
+    s, a = result.summary, result.arrays
+    layers, holds = s["layers"], a["layer_holds"]
     f, m = s["negative_fraction"], s["median"]
-    same, diff = (_claim_holds(f[k], m[k]) for k in ("same", "diff"))
-    verdict = verdict_of(bool(same and (diff is None or diff)), partly=bool(same))
 
     def pct(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.1%}"
 
-    def num(x: float | None) -> str:
-        return "n/a" if x is None else f"{x:.3g}"
-
+    same = a["layer_frac_same"]
+    best = int(np.argmax(same))
+    n_hold = int(holds.sum())
+    verdict = verdict_of(n_hold > len(layers) / 2, partly=n_hold > 0)
+    this_run = (
+        f"The claim holds at {n_hold} of {len(layers)} layers. Same-head pairs are "
+        f"{pct(float(np.min(same)))} to {pct(float(np.max(same)))} negative across layers (most "
+        f"at layer {layers[best]}: {pct(float(same[best]))}, 95% CI "
+        f"{pct(float(a['layer_frac_same_low'][best]))}-{pct(float(a['layer_frac_same_high'][best]))})"
+    )
+    if np.isfinite(a["layer_frac_diff"]).any():
+        diff = a["layer_frac_diff"]
+        this_run += (
+            f"; different-head pairs {pct(float(np.nanmin(diff)))} to {pct(float(np.nanmax(diff)))}"
+        )
+    this_run += (
+        f". The course's sample (the last query, layer {s['layer']}): same-head {pct(f['same'])} "
+        f"negative (median {m['same']:.3g}), different-head {pct(f['diff'])}."
+    )
     return Finding(
         claim="Raw QK scores shift strongly negative (most are below zero), which is what "
         "makes softmax attention sparse.",
-        this_run=f"Layer {s['layer']}: same-head pairs {pct(f['same'])} negative (median "
-        f"{num(m['same'])}); different-head pairs {pct(f['diff'])} negative (median "
-        f"{num(m['diff'])}).",
+        this_run=this_run,
         verdict=verdict,
-        key=f"same-head {pct(f['same'])} negative",
-        sample=f"{s['n_pairs']['same']} same-head and {s['n_pairs']['diff']} different-head "
-        f"pairs from one text of {s['n_tokens']} tokens, layer {s['layer']}",
+        key=f"holds at {n_hold}/{len(layers)} layers",
+        sample=f"one text of {s['n_tokens']} tokens: every query position at each of "
+        f"{len(layers)} layers; 95% percentile bootstrap over query positions ({s['n_boot']} "
+        "resamples; positions share keys, so the intervals are optimistic)",
     )
 
 
@@ -356,6 +279,17 @@ def table(result: ExperimentResult) -> str:
     ]
     for key, label in (("same", "same head"), ("diff", "different heads")):
         lines.append(f"{label:<18}{n[key]:>8}{fmt(frac[key], '.1%'):>10}{fmt(med[key], '.4g'):>12}")
+    a = result.arrays
+    lines.append("every query position, per layer: share of negative raw scores [95% CI]")
+    for i, layer in enumerate(s["layers"]):
+        cells = []
+        for kind in ("same", "diff"):
+            frac = a[f"layer_frac_{kind}"][i]
+            if np.isfinite(frac):
+                lo, hi = a[f"layer_frac_{kind}_low"][i], a[f"layer_frac_{kind}_high"][i]
+                cells.append(f"{kind} {frac:6.1%} [{lo:.1%}, {hi:.1%}]")
+        mark = "holds" if a["layer_holds"][i] else ""
+        lines.append(f"  layer {layer:>3}: " + "  ".join(cells) + f"  {mark}")
     p = s["parity"]
     for key in (k for k in p if k not in ("tolerance", "passed")):
         mark = "ok" if p[key] <= p["tolerance"] else "FAIL"
@@ -364,14 +298,12 @@ def table(result: ExperimentResult) -> str:
 
 
 def depth_curves(result: ExperimentResult) -> dict[str, tuple[list[int], list[float]]]:
-    """The negative share of raw scores at the dissected layer (for ``mechprobe sweep``)."""
-    s = result.summary
-    frac = s["negative_fraction"]
-    return {
-        f"negative raw scores, {k}-head": ([s["layer"]], [frac[k]])
-        for k in ("same", "diff")
-        if frac[k] is not None
-    }
+    """Per layer: the share of negative raw scores by pair kind (for ``mechprobe sweep``)."""
+    a, layers = result.arrays, result.summary["layers"]
+    out = {"negative raw scores, same-head": (layers, a["layer_frac_same"].tolist())}
+    if np.isfinite(a["layer_frac_diff"]).any():
+        out["negative raw scores, diff-head"] = (layers, a["layer_frac_diff"].tolist())
+    return out
 
 
 SPEC = Experiment(
@@ -384,6 +316,14 @@ SPEC = Experiment(
     inputs=inputs,
     figures=(
         Figure(
+            "negative_by_layer",
+            "Negative raw scores at every layer",
+            "Per layer, the share of negative raw query-key scores over every query position "
+            "(same-head pairs blue, different-head red) with its 95% bootstrap band over query "
+            "positions; the course's claim is the band above the dashed 0.5 line. The ringed "
+            "point is the course's layer.",
+        ),
+        Figure(
             "raw_hist",
             "Raw attention scores: same vs different heads",
             "Distribution of the last token's raw query-key dot products with earlier tokens, "
@@ -395,6 +335,20 @@ SPEC = Experiment(
             "Raw attention scores, every pair",
             "Every raw score as a dot, same-head pairs left and different-head pairs right; "
             "the dashed line is zero.",
+        ),
+        Figure(
+            "softmax_groups",
+            "Softmax weights in the course's three groups",
+            "Each dot is a softmax weight: the final token's weights on every previous token, "
+            "every token's weight on itself (tokens 1:), and the first token's weight on itself "
+            "(always 1: it can only attend to itself).",
+        ),
+        Figure(
+            "kde_bandwidths",
+            "What a KDE's bandwidth does",
+            "The density of the final token's softmax weights estimated with several bandwidth "
+            "factors: small ones follow single values (wiggly), large ones smear them out; the "
+            "thick line is the rule the run used.",
         ),
         Figure(
             "attn_kde",

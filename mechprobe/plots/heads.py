@@ -233,19 +233,179 @@ def patterns_figure(
     return fig
 
 
+def negative_by_layer_figure(
+    layers: Sequence[int],
+    series: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, str]],
+    course_layer: int | None = None,
+    title: str = "",
+) -> go.Figure:
+    """Share of negative raw scores per layer with its interval band, one line per pair kind.
+
+    Args:
+        layers: Layer indices.
+        series: ``(label, fraction, low, high, colour)`` per pair kind, each ``[layer]``.
+        course_layer: A layer to ring (the course's).
+        title: Figure title.
+
+    Example:
+        >>> f = np.array([0.6, 0.7])
+        >>> fig = negative_by_layer_figure([0, 1], [("same", f, f - 0.1, f + 0.1, "blue")])
+        >>> [t.name for t in fig.data]
+        ['same', 'same: 95% interval']
+    """
+    fig = go.Figure()
+    x = list(layers)
+    for label, frac, low, high, colour in series:
+        fig.add_trace(
+            go.Scatter(x=x, y=frac, mode="lines+markers", name=label, line={"color": colour})
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=x + x[::-1],
+                y=list(high) + list(low)[::-1],
+                fill="toself",
+                fillcolor=colour,
+                opacity=0.18,
+                line={"width": 0},
+                hoverinfo="skip",
+                name=f"{label}: 95% interval",
+            )
+        )
+        if course_layer in x:
+            i = x.index(course_layer)
+            fig.add_trace(
+                go.Scatter(
+                    x=[course_layer],
+                    y=[frac[i]],
+                    mode="markers",
+                    marker={"size": 14, "symbol": "circle-open", "color": colour},
+                    showlegend=False,
+                    hoverinfo="skip",
+                )
+            )
+    fig.add_hline(y=0.5, line={"color": "black", "dash": "dash"})
+    fig.update_layout(
+        title=title or "Share of negative raw scores per layer",
+        template=TEMPLATE,
+        xaxis_title="layer",
+        yaxis={"title": "share negative", "range": [0, 1]},
+    )
+    return fig
+
+
+def softmax_groups_figure(groups: Sequence[tuple[str, np.ndarray]], title: str = "") -> go.Figure:
+    """The course's three groups of softmax weights as strips of dots.
+
+    Example:
+        >>> fig = softmax_groups_figure([("self", np.array([0.2, 0.9]))])
+        >>> fig.data[0].name
+        'self'
+    """
+    fig = go.Figure()
+    for i, (label, values) in enumerate(groups):
+        fig.add_trace(
+            go.Box(
+                y=values,
+                name=label,
+                boxpoints="all",
+                jitter=0.6,
+                pointpos=0,
+                marker={
+                    "size": 4,
+                    "opacity": 0.6,
+                    "color": (SAME_COLOR, DIFF_COLOR, K_COLOR)[i % 3],
+                },
+                line={"width": 1},
+                fillcolor="rgba(0,0,0,0)",
+            )
+        )
+    fig.update_layout(
+        title=title or "Softmax weights",
+        yaxis={"title": "weight", "range": [0, 1.02]},
+        showlegend=False,
+        template=TEMPLATE,
+    )
+    return fig
+
+
+def kde_bandwidths_figure(
+    grid: np.ndarray, curves: Sequence[tuple[str, np.ndarray, bool]], title: str = ""
+) -> go.Figure:
+    """KDE curves of the same values with several bandwidths (the chosen one drawn thick).
+
+    Example:
+        >>> g = np.linspace(0, 1, 5)
+        >>> fig = kde_bandwidths_figure(g, [("0.2", g, False), ("scott", g, True)])
+        >>> [t.line.width for t in fig.data]
+        [1.5, 4]
+    """
+    fig = go.Figure()
+    for label, curve, chosen in curves:
+        fig.add_trace(
+            go.Scatter(
+                x=grid, y=curve, name=label, mode="lines", line={"width": 4 if chosen else 1.5}
+            )
+        )
+    fig.update_layout(
+        title=title or "KDE bandwidths",
+        xaxis_title="attention weight",
+        yaxis_title="density (max = 1)",
+        template=TEMPLATE,
+    )
+    return fig
+
+
 def figures(result: Any) -> dict[str, go.Figure]:
     """All figures of a heads `ExperimentResult`, keyed by file name.
 
     Example:
         >>> from mechprobe.experiments import heads
-        >>> config = heads.resolve(heads.HeadsConfig(), model_shape(model))
+        >>> config = heads.resolve(heads.HeadsConfig(n_boot=100), model_shape(model))
         >>> res = heads.run(config, model, (hf, tok))
-        >>> sorted(figures(res))[:2]
-        ['attn_kde', 'patterns']
+        >>> sorted(figures(res))[:3]
+        ['attn_kde', 'kde_bandwidths', 'negative_by_layer']
     """
     a, s = result.arrays, result.summary
     where = f"layer {s['layer']}"
+    series = [
+        (
+            "same-head pairs",
+            a["layer_frac_same"],
+            a["layer_frac_same_low"],
+            a["layer_frac_same_high"],
+            SAME_COLOR,
+        )
+    ]
+    if np.isfinite(a["layer_frac_diff"]).any():
+        series.append(
+            (
+                "different-head pairs",
+                a["layer_frac_diff"],
+                a["layer_frac_diff_low"],
+                a["layer_frac_diff_high"],
+                DIFF_COLOR,
+            )
+        )
+    demo = [(f"factor {b:g}", a[f"kde_demo_{b:g}"], False) for b in s["kde_demo_bandwidths"]]
+    demo.append((f"{s['bandwidth']} (used)", a["kde_final_to_prev"], True))
     return {
+        "negative_by_layer": negative_by_layer_figure(
+            s["layers"],
+            series,
+            s["layer"],
+            "Share of negative raw scores, every query position, per layer",
+        ),
+        "softmax_groups": softmax_groups_figure(
+            [
+                ("final token -> previous", a["attn_final_to_prev"]),
+                ("self (tokens 1:)", a["attn_self"]),
+                ("first token, self", a["attn_first_self"]),
+            ],
+            f"Softmax weights in three groups ({where})",
+        ),
+        "kde_bandwidths": kde_bandwidths_figure(
+            a["kde_grid"], demo, f"KDE of the final token's weights, several bandwidths ({where})"
+        ),
         "qk_means": qk_means_figure(
             a["q_mean"], a["q_std"], a["k_mean"], a["k_std"], f"Q and K per head ({where})"
         ),
