@@ -340,3 +340,28 @@ def test_grouped_query_shapes_smollm2(smol_model, smol_reference, tmp_path):
     assert_close(a["variance"], want["variance"], atol=1e-4, rtol=1e-4)
     assert_close(a["mean"], want["mean"], atol=1e-4, rtol=1e-4)
     assert_close(a["cos_std"], want["moments"][1], atol=1e-4)
+
+
+@pytest.mark.unit
+def test_bootstrap_over_sentences_matches_a_direct_computation(tiny_model, tiny_reference):
+    """depth_boot[layer, b]: the mean |cos| over all unit pairs on resample b of the sentences."""
+    from mechprobe.stats.bootstrap import resample_indices
+
+    hf, tok = tiny_reference
+    res = run_similarity(SimilarityConfig(n_boot=60, seed=3), tiny_model)
+    boot = res.arrays["depth_boot"]
+    assert boot.shape == (2, 60)
+    tokens, t_idx, n_idx = reference_inputs(tok, SENTENCES)
+    units = hf_qkv_units(hf, tokens, [t_idx, n_idx], [0, 1])
+    rows = resample_indices(len(SENTENCES), 60, 3)
+    for layer in (0, 1):
+        for b in (0, 17, 59):
+            x = units[layer][0][rows[b]]
+            xn = x / np.linalg.norm(x, axis=0)
+            cos = xn.T @ xn
+            want = np.abs(cos[np.triu_indices(cos.shape[0], k=1)]).mean()
+            assert boot[layer, b] == pytest.approx(want, abs=2e-5)
+    finding = e3.finding(res)
+    assert (
+        "95% CI" in finding.this_run and "bootstrap over sentences (60 resamples" in finding.sample
+    )

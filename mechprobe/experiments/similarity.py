@@ -24,7 +24,7 @@ count of such units is reported.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -34,7 +34,7 @@ from mechprobe.experiments.result import ExperimentResult
 from mechprobe.experiments.spec import Course, Experiment, Figure, Finding, option, verdict_of
 from mechprobe.models.registry import ModelShape
 from mechprobe.stats.cosine import BLOCKS, POSITIONS
-from mechprobe.validate import Problems, check_count, check_indices, parse_layers
+from mechprobe.validate import Problems, check_count, check_indices, check_seed, parse_layers
 
 NAME = "similarity"
 DEFAULT_TARGET = " her"
@@ -53,6 +53,8 @@ class SimilarityConfig:
         batch_size: Rows per forward pass.
         block_rows: Rows of the cosine matrix computed at a time.
         activation_budget_mb: Memory for the activations collected per forward sweep.
+        n_boot: Bootstrap resamples of the sentences for the depth finding (0: none).
+        seed: Bootstrap seed.
     """
 
     sentences: str | None = option(
@@ -70,6 +72,8 @@ class SimilarityConfig:
     activation_budget_mb: float = option(
         64.0, "memory for collected activations (64 MB)", cli=False
     )
+    n_boot: int = option(200, "bootstrap resamples of the sentences (200; 0: none)")
+    seed: int = option(0, "bootstrap seed (0)")
 
 
 def resolve(config: SimilarityConfig, shape: ModelShape) -> SimilarityConfig:
@@ -85,6 +89,9 @@ def resolve(config: SimilarityConfig, shape: ModelShape) -> SimilarityConfig:
     layers = p.check("layers", check_indices, config.layers, shape.n_layers, "layer")
     p.check("batch_size", check_count, config.batch_size)
     p.check("block_rows", check_count, config.block_rows)
+    if config.n_boot:
+        p.check("n_boot", check_count, config.n_boot, 50, "bootstrap resamples")
+    p.check("seed", check_seed, config.seed)
     if not config.target:
         p.add("target", "the target is empty")
     p.raise_if_any()
@@ -172,6 +179,17 @@ def _layer_summary(arrays: dict[str, np.ndarray], layers: list[int], suffix: str
     return out
 
 
+def _bootstrapped(
+    stream: Iterable[np.ndarray], slices: dict[str, slice], rows: np.ndarray, out: list
+) -> Iterator[np.ndarray]:
+    """Pass the layers on, adding each layer's target mean |cos| on every resample to ``out``."""
+    from mechprobe.stats.cosine_bootstrap import resampled_mean_abs_cos
+
+    for xs in stream:
+        out.append(resampled_mean_abs_cos(xs[0], slices, rows))
+        yield xs
+
+
 def run(config: SimilarityConfig, model: Any, reference: Any = None) -> ExperimentResult:
     """Run the Q/K/V similarity sweep over layers.
 
@@ -197,6 +215,7 @@ def run(config: SimilarityConfig, model: Any, reference: Any = None) -> Experime
 
     from mechprobe.corpus.sentences import encode_sentences
     from mechprobe.models.registry import model_shape
+    from mechprobe.stats.bootstrap import resample_indices
     from mechprobe.stats.cosine import HIST_EDGES, depth_profile, stream_similarity
     from mechprobe.units import layout_of
     from mechprobe.validate import check_context
@@ -213,6 +232,10 @@ def run(config: SimilarityConfig, model: Any, reference: Any = None) -> Experime
         model, encoded, layers, batch_size=config.batch_size, layer_chunk=chunk, progress=False
     )
     stream = tqdm(stream, total=len(layers), desc="similarity", unit="layer", leave=False)
+    replicates: list[np.ndarray] = []
+    if config.n_boot:
+        rows = resample_indices(len(sentences), config.n_boot, config.seed)
+        stream = _bootstrapped(stream, layout.slices(), rows, replicates)
     arrays = stream_similarity(
         stream, layout.slices(), centre=config.centre, block_rows=config.block_rows
     )
@@ -227,6 +250,8 @@ def run(config: SimilarityConfig, model: Any, reference: Any = None) -> Experime
         depth_mean_abs=mean_abs,
         depth_far_share=far,
     )
+    if replicates:
+        arrays["depth_boot"] = np.stack(replicates)  # [layer, boot]
     tok = model.tokenizer
     multi = len(encoded.target_ids) > 1
     summary: dict[str, Any] = {
@@ -259,10 +284,14 @@ def run(config: SimilarityConfig, model: Any, reference: Any = None) -> Experime
 def finding(result: ExperimentResult) -> Finding:
     """Whether target cosines pile up near +-1 early and flatten toward 0 with depth.
 
-    Compares the target's pooled mean ``|cos|`` (all six blocks, weighted by pairs) in the first
-    and the last third of the analysed layers, and the share of ``|cos| > 0.9`` at the first
-    and the last layer: the claim holds when both fall.
+    Compares the target's pooled mean ``|cos|`` (all six blocks, weighted by pairs) of the first
+    and the last third of the analysed layers, with a percentile bootstrap over sentences of that
+    difference, and the share of ``|cos| > 0.9`` at the first and the last layer: the claim
+    holds when the difference's 95% interval lies above 0 and that share falls.
     """
+    from mechprobe.stats.bootstrap import percentile_interval
+    from mechprobe.stats.cosine_bootstrap import early_minus_late
+
     a, s = result.arrays, result.summary
     layers = s["layers"]
     mean_abs, far = a["depth_mean_abs"], a["depth_far_share"]
@@ -274,13 +303,24 @@ def finding(result: ExperimentResult) -> Finding:
     if len(layers) < 2:
         text = f"one layer only: target mean |cos| {mean_abs[0]:.3f}"
         return Finding(claim, text, "not tested", key=f"|cos| {mean_abs[0]:.2f}", sample=sample)
-    k = max(1, len(layers) // 3)
+    diff, k = early_minus_late(mean_abs)
     early, late = float(mean_abs[:k].mean()), float(mean_abs[-k:].mean())
-    holds = early > late and far[0] > far[-1]
+    ci = None
+    if "depth_boot" in a:
+        reps, _ = early_minus_late(a["depth_boot"].T)
+        ci = percentile_interval(reps, 0.95)
+        sample += (
+            f"; 95% percentile bootstrap over sentences ({a['depth_boot'].shape[1]} resamples; "
+            "a resample's fewer distinct sentences raise every cosine a little, which mostly "
+            "cancels in the difference)"
+        )
+    holds = (ci[0] > 0 if ci is not None else diff > 0) and far[0] > far[-1]
+    interval = f" (95% CI {ci[0]:+.2f} to {ci[1]:+.2f})" if ci is not None else ""
     text = (
         f"At the target, mean |cos| over all blocks is {early:.2f} in the first {k} layer(s) vs "
-        f"{late:.2f} in the last {k}; the share of |cos| > 0.9 is {far[0]:.2f} at layer "
-        f"{layers[0]} and {far[-1]:.2f} at layer {layers[-1]}."
+        f"{late:.2f} in the last {k}: a fall of {float(diff):.2f}{interval}; the share of "
+        f"|cos| > 0.9 is {far[0]:.2f} at layer {layers[0]} and {far[-1]:.2f} at layer "
+        f"{layers[-1]}."
     )
     key = f"mean |cos| {early:.2f} -> {late:.2f}"
     return Finding(claim, text, verdict_of(bool(holds)), key=key, sample=sample)
@@ -317,6 +357,14 @@ SPEC = Experiment(
     resolve=resolve,
     inputs=inputs,
     figures=(
+        Figure(
+            "depth",
+            "Mean |cos| at the target, per layer",
+            "The target's mean absolute cosine over every pair of Q/K/V units per layer (the "
+            "number the finding compares between the first and the last third of the layers), "
+            "with the 95% band of the bootstrap over sentences, and the share of pairs with "
+            "|cos| > 0.9 (dotted).",
+        ),
         Figure(
             "histograms_by_depth",
             "Cosine histograms by depth",

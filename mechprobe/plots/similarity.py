@@ -242,6 +242,58 @@ def cosine_spread(
     return _two_panel_lines(panels, series, layers, mode="lines", title=title)
 
 
+def depth_figure(
+    layers: Sequence[int],
+    mean_abs: np.ndarray,
+    far_share: np.ndarray,
+    band: tuple[np.ndarray, np.ndarray] | None = None,
+    *,
+    title: str = "Mean |cos| at the target per layer",
+) -> go.Figure:
+    """The depth profile: mean |cos| per layer (with a band) and the share of |cos| > 0.9.
+
+    Example:
+        >>> fig = depth_figure([0, 1], np.array([0.9, 0.4]), np.array([0.8, 0.1]))
+        >>> [t.name for t in fig.data]
+        ['mean |cos|', 'share |cos| > 0.9']
+    """
+    fig = go.Figure()
+    x = list(layers)
+    if band is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=x + x[::-1],
+                y=list(band[1]) + list(band[0])[::-1],
+                fill="toself",
+                fillcolor="rgba(58,111,176,0.2)",
+                line={"width": 0},
+                name="95% bootstrap band",
+                hoverinfo="skip",
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=x, y=mean_abs, mode="lines+markers", name="mean |cos|", line={"color": "#3a6fb0"}
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=far_share,
+            mode="lines",
+            name="share |cos| > 0.9",
+            line={"color": "#d1495b", "dash": "dot"},
+        )
+    )
+    fig.update_layout(
+        title=title,
+        xaxis_title="layer",
+        yaxis={"title": "value", "range": [0, 1]},
+        template=TEMPLATE,
+    )
+    return fig
+
+
 def figures(result: Any) -> dict[str, go.Figure]:
     """Build every figure of a similarity result.
 
@@ -254,7 +306,11 @@ def figures(result: Any) -> dict[str, go.Figure]:
     a = result.arrays
     layers = [int(L) for L in a["layers"]]
     edges = a["hist_edges"]
+    band = None
+    if "depth_boot" in a:
+        band = tuple(np.quantile(a["depth_boot"], [0.025, 0.975], axis=1))
     figs = {
+        "depth": depth_figure(layers, a["depth_mean_abs"], a["depth_far_share"], band),
         "histograms_by_depth": histogram_lines(a["hist"], edges, layers),
         "heatmap_target": heatmaps(a["hist"], edges, layers, 0),
         "heatmap_nontarget": heatmaps(a["hist"], edges, layers, 1),
