@@ -301,7 +301,7 @@ def figures(result: Any) -> dict[str, go.Figure]:
         >>> from mechprobe.experiments import similarity as e3
         >>> res = e3.run(e3.resolve(e3.SimilarityConfig(), model_shape(model)), model)
         >>> sorted(figures(res))[:2]
-        ['cosine_spread', 'heatmap_nontarget']
+        ['cosine_spread', 'depth']
     """
     a = result.arrays
     layers = [int(L) for L in a["layers"]]
