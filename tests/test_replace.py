@@ -7,12 +7,8 @@ import pytest
 import torch
 
 from mechprobe.experiments import replace as e4
-from mechprobe.experiments.replace import (
-    ReplaceConfig,
-    build_interventions,
-    condition_names,
-    default_text,
-)
+from mechprobe.experiments.replace import ReplaceConfig
+from mechprobe.experiments.replace_course import build_interventions, condition_names, default_text
 from mechprobe.interventions import MLPNoise, ScaleOutput, ZeroHead
 from mechprobe.models.registry import model_shape
 from mechprobe.plots.replace import figures
@@ -130,24 +126,39 @@ def test_scaling_verdict_logic():
 
 
 @pytest.mark.unit
-def test_finding_reads_the_ratios(tiny_result):
+def test_many_samples_against_hf(tiny_result, tiny_reference):
+    """Median ratio curves over every sentence and position, recomputed with HF's own blocks."""
+    from mechprobe.experiments.replace_many import load_sentences
+
+    hf, tok = tiny_reference
     a, s = tiny_result.arrays, tiny_result.summary
-    assert_close(a["scale_10_ratio"], a["scale_10_resid_norm"] / a["baseline_resid_norm"], atol=0)
+    block = hf_arch(hf).module(hf, "block", 0)
+    ratios = []
+    for sentence in load_sentences(None):
+        ids = torch.tensor([tok(sentence, add_special_tokens=False).input_ids])
+        every = slice(1, ids.shape[1])  # positions 1 .. len-1
+        base = hf_hidden_at(hf, ids, every)[0]  # [hidden state, position, d_model]
+        scaled = hf_hidden_at(hf, ids, every, (block, lambda m, i, o: o * 10.0))[0]
+        ratio = np.linalg.norm(scaled, axis=-1) / np.linalg.norm(base, axis=-1)
+        ratios += list(ratio.T)
+    ratios = np.array(ratios)  # [samples, hidden states] (HF: the last is after the final norm)
+    assert s["many"]["scale_10"]["n_samples"] == len(ratios)
+    # TL's curves hold the pre-norm residual of the last block instead of HF's final-norm one
+    assert_close(a["scale_10_many_median"][:-1], np.median(ratios[:, :-1], axis=0), atol=1e-4)
+    holds = (ratios[:, 1] > 2) & (
+        np.abs(np.log(ratios[:, -1])) < 0.5 * np.abs(np.log(ratios[:, 1]))
+    )
+    assert a["scale_10_many_holds"].sum() == holds.sum()
     finding = e4.finding(tiny_result)
-    holds = [
-        scaling_verdict(a[f"{n}_ratio"], s["conditions"][n]["ratio_after_final_norm"], 0, f)[
-            "holds"
-        ]
-        for n, f in s["scales"].items()
-    ]
-    want = "holds" if all(holds) else "partly holds" if any(holds) else "does not hold"
-    assert finding.verdict == want and "one sentence of 11 tokens" in finding.sample
+    fractions = [s["many"][n]["fraction_low"] > 0.5 for n in s["scales"]]
+    want = "holds" if all(fractions) else "partly holds" if any(fractions) else "does not hold"
+    assert finding.verdict == want and "54 sentences x every position" in finding.sample
 
 
 @pytest.mark.unit
 def test_figures(tiny_result):
     figs = figures(tiny_result)
-    assert set(figs) == {"check_qkv", "check_mlp", "scaling", "norms"}
+    assert set(figs) == {"many", "check_qkv", "check_mlp", "scaling", "norms"}
     assert set(figs) == {f.name for f in e4.SPEC.figures}
     a = tiny_result.arrays
     qkv = figs["check_qkv"]
@@ -173,7 +184,7 @@ def test_cli_writes_outputs(tmp_path, tiny_cli):
         for c in ("baseline", "zero_head", "mlp_noise", "scale_0.5", "scale_4"):
             assert npz[f"{c}_norm"].shape == (3,) and npz[f"{c}_std"].shape == (3,)
             assert npz[f"{c}_values"].shape == (3, 64)
-    for fig in ("check_qkv", "check_mlp", "scaling", "norms"):
+    for fig in ("many", "check_qkv", "check_mlp", "scaling", "norms"):
         assert (dest / "figures" / f"{fig}.html").is_file()
     assert "PASS" in out and "forward hook on GPT2Block" in out
     assert summary["block_output_explanation"] in out

@@ -44,6 +44,7 @@ from mechprobe.validate import (
     check_number,
     check_seed,
     parse_choices,
+    parse_float,
     parse_int,
     parse_layers,
     relative_layer,
@@ -86,6 +87,13 @@ class ProbeConfig:
         heatmap_windows: Windows of the last class in the best unit's token heatmap.
         save_activations: Also store ``C_acts`` ``[n, n_layers, n_units]`` float32.
         max_download_mb: Largest text download accepted, in MB.
+        store: A zarr store (path or fsspec URL): activations are written there block by
+            block (a killed collection resumes) and fitted from there with Dask; the held-out
+            statistics, controls and lexical baseline are skipped (`probe_store`).
+        scheduler: A dask.distributed scheduler (``tcp://HOST:PORT``) for ``store``: collection
+            and fits run on its workers; None: here, on Dask's local scheduler.
+        score_threshold: With ``store``, fit only the units whose streaming score test gives
+            ``p`` below this; None: fit every unit.
     """
 
     classes: str | None = option(None, "class file, TOML or JSON (default: the negation preset)")
@@ -132,6 +140,24 @@ class ProbeConfig:
     heatmap_windows: int = option(20, "windows in the best unit's heatmap (20)")
     save_activations: bool = option(False, "also store C_acts [n, n_layers, n_units] float32")
     max_download_mb: float = option(32.0, "largest text download accepted, in MB (32)")
+    store: str | None = option(
+        None,
+        "write the activations to this zarr store (a path or an fsspec URL) block by block and "
+        "fit from it with Dask; a killed collection resumes (skips held-out, controls)",
+        metavar="PATH",
+    )
+    scheduler: str | None = option(
+        None,
+        "with --store: a dask.distributed scheduler tcp://HOST:PORT to collect and fit on "
+        "(default: this machine, Dask's local scheduler)",
+        metavar="ADDRESS",
+    )
+    score_threshold: float | None = option(
+        None,
+        "with --store: fit only units whose streaming score-test p is below this (default: all)",
+        parse=parse_float,
+        metavar="P",
+    )
 
 
 def resolve(config: ProbeConfig, shape: ModelShape) -> ProbeConfig:
@@ -176,6 +202,7 @@ def resolve(config: ProbeConfig, shape: ModelShape) -> ProbeConfig:
             p.add(name, f"expected one of {', '.join(allowed)}, got {getattr(config, name)!r}")
     if config.labels and (config.classes or config.text):
         p.add("labels", "give labels or classes and a text, not both")
+    _check_store(p, config)
     detail = config.detail_layer
     if layers and detail is None:
         course = relative_layer(COURSE_DETAIL[0], shape.n_layers, COURSE_DETAIL[1])
@@ -187,6 +214,23 @@ def resolve(config: ProbeConfig, shape: ModelShape) -> ProbeConfig:
             p.add("detail_layer", f"layer {detail} is not among the selected layers")
     p.raise_if_any()
     return replace(config, layers=tuple(layers), detail_layer=detail)
+
+
+def _check_store(p: Problems, config: ProbeConfig) -> None:
+    """The store settings: a scheduler and a threshold need a store; what a store leaves out."""
+    if config.store is None:
+        for name in ("scheduler", "score_threshold"):
+            if getattr(config, name) is not None:
+                p.add(name, "is used only with an activation store (store)")
+        return
+    if config.score_threshold is not None:
+        p.check("score_threshold", check_number, config.score_threshold, low=0.0, high=1.0)
+    if config.save_activations:
+        p.add("save_activations", "the activation store already holds the activations")
+    if config.method == "firth":
+        p.add("method", "firth for every unit is not fitted from an activation store")
+    if config.scheduler is not None and "://" not in config.scheduler:
+        p.add("scheduler", f"expected an address such as tcp://HOST:8786, got {config.scheduler!r}")
 
 
 def inputs(config: ProbeConfig) -> dict[str, str]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -17,7 +19,11 @@ from mechprobe.experiments.result import ExperimentResult
 
 
 def analyse(config: Any, model: Any, samples: ProbeSamples) -> ExperimentResult:
-    """Collect the units at every sample and run every probe statistic (see `probe`)."""
+    """Collect the units at every sample and run every probe statistic (see `probe`).
+
+    With ``config.store`` the units go through an activation store and are fitted from it
+    (`mechprobe.experiments.probe_store`); the held-out statistics and controls are skipped.
+    """
     from mechprobe.activations import collect, collect_units
     from mechprobe.hooks import EMBED
     from mechprobe.models.registry import model_shape
@@ -28,18 +34,32 @@ def analyse(config: Any, model: Any, samples: ProbeSamples) -> ExperimentResult:
 
     pre, layers, layout = config.context_pre, list(config.layers), layout_of(model)
     timing: dict[str, float] = {}
-    t0 = time.perf_counter()
-    acts = collect_units(
-        model, samples.windows, pre, layers, config.components, batch_size=config.batch_size
-    )
+    labels = samples.labels
+    pairs = contrasts(samples.names, labels)
+
+    def groups_of(fam: str, width: int) -> dict[str, slice]:
+        return layout.groups(fam, width) if fam == "qkv" else {fam: slice(0, width)}
+
+    stored = None
+    if config.store:
+        from mechprobe.experiments.probe_store import store_results
+
+        stored = store_results(config, model, samples, len(pairs), groups_of, timing)
+        config = replace(config, folds=0, no_controls=True)  # not computed from a store
+        acts: dict[str, Any] = {}
+    else:
+        t0 = time.perf_counter()
+        acts = collect_units(
+            model, samples.windows, pre, layers, config.components, batch_size=config.batch_size
+        )
     controls = not config.no_controls
     if controls:
         embed = collect(model, samples.windows, [EMBED], positions=pre, progress=False)[EMBED]
         acts["embed"] = embed[:, None, :]
-    timing["forward"] = time.perf_counter() - t0
+    if stored is None:
+        timing["forward"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    labels = samples.labels
     folds = None
     if config.folds:
         groups = window_groups(
@@ -49,7 +69,6 @@ def analyse(config: Any, model: Any, samples: ProbeSamples) -> ExperimentResult:
 
     control = control_task_labels(samples.word_types, labels, config.seed) if controls else None
     shuffled = shuffled_labels(labels, config.seed) if controls else None
-    pairs = contrasts(samples.names, labels)
     arrays: dict[str, np.ndarray] = {
         "labels": labels.astype(np.int8),
         "positions": samples.positions.astype(np.int64),
@@ -59,32 +78,39 @@ def analyse(config: Any, model: Any, samples: ProbeSamples) -> ExperimentResult:
         arrays["control_labels"] = np.asarray(control).astype(np.int8)
     if folds is not None:
         arrays["folds"] = folds.astype(np.int8)
+
+    def family_results() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+        if stored is not None:
+            yield from stored.results.items()
+            return
+        for fam, x in acts.items():
+            results = []
+            for k, (name, y) in enumerate(pairs):
+                tag = fam if len(pairs) == 1 else f"{fam}:{name}"
+                results.append(
+                    analyse_family(
+                        x,
+                        y,
+                        groups_of(fam, x.shape[2]),
+                        alpha=config.alpha,
+                        correction=config.correction,
+                        folds=folds,
+                        control=None
+                        if control is None
+                        else (control == (k if len(pairs) > 1 else 1)).astype(np.int8),
+                        shuffled=None
+                        if shuffled is None
+                        else (shuffled == (k if len(pairs) > 1 else 1)).astype(np.int8),
+                        method=config.method,
+                        firth_separated=not config.no_firth,
+                        desc=f"fit {tag}",
+                    )
+                )
+            yield fam, results
+
     fits, per_layer = {}, [{"layer": layer} for layer in layers]
     thresholds, flags, lexical = {}, {}, {}
-    for fam, x in acts.items():
-        groups = layout.groups(fam, x.shape[2]) if fam == "qkv" else {fam: slice(0, x.shape[2])}
-        results = []
-        for k, (name, y) in enumerate(pairs):
-            tag = fam if len(pairs) == 1 else f"{fam}:{name}"
-            results.append(
-                analyse_family(
-                    x,
-                    y,
-                    groups,
-                    alpha=config.alpha,
-                    correction=config.correction,
-                    folds=folds,
-                    control=None
-                    if control is None
-                    else (control == (k if len(pairs) > 1 else 1)).astype(np.int8),
-                    shuffled=None
-                    if shuffled is None
-                    else (shuffled == (k if len(pairs) > 1 else 1)).astype(np.int8),
-                    method=config.method,
-                    firth_separated=not config.no_firth,
-                    desc=f"fit {tag}",
-                )
-            )
+    for fam, results in family_results():
         if fam == "embed":
             g = results[0]["groups"]["embed"]
             lexical = {key: float(v[0]) for key, v in g.items() if not key.startswith("n_")}
@@ -104,12 +130,24 @@ def analyse(config: Any, model: Any, samples: ProbeSamples) -> ExperimentResult:
                 for i, row in enumerate(per_layer):
                     row[key] = {k: v[i].item() for k, v in figs.items()}
                     row[key]["p_threshold"] = float(res["p_threshold"][i])
-    timing["fit"] = time.perf_counter() - t0
+    if stored is None:
+        timing["fit"] = time.perf_counter() - t0
+        widths = {fam: int(acts[fam].shape[2]) for fam in config.components}
+    else:
+        arrays.update(stored.arrays)
+        widths = stored.widths
     if config.save_activations:
         for fam in config.components:
             arrays[f"{fam}_acts"] = acts[fam].float().numpy()
     t0 = time.perf_counter()
-    best = best_unit_details(config, model, samples, acts, fits, layers, arrays)
+    column = (
+        stored.column
+        if stored is not None
+        else lambda fam, row, unit: acts[fam][:, row, unit].double().numpy()
+    )
+    best = best_unit_details(
+        config, model, samples, column, fits, layers, arrays, scale_all=stored is None
+    )
     timing["best_unit"] = time.perf_counter() - t0
     summary = {
         "data": samples.source,
@@ -124,11 +162,7 @@ def analyse(config: Any, model: Any, samples: ProbeSamples) -> ExperimentResult:
         "n_units": {
             g: sl.stop - sl.start
             for fam in config.components
-            for g, sl in (
-                layout.groups(fam, acts[fam].shape[2])
-                if fam == "qkv"
-                else {fam: slice(0, acts[fam].shape[2])}
-            ).items()
+            for g, sl in groups_of(fam, widths[fam]).items()
         },
         "qkv_layout": {
             "n_heads": layout.n_heads,
@@ -158,6 +192,8 @@ def analyse(config: Any, model: Any, samples: ProbeSamples) -> ExperimentResult:
         "model_shape": model_shape(model).as_dict(),
         "timing_s": timing,
     }
+    if stored is not None:
+        summary["store"] = stored.info
     return ExperimentResult("probe", arrays, summary)
 
 
@@ -188,10 +224,12 @@ def best_unit_details(
     config: Any,
     model: Any,
     samples: ProbeSamples,
-    acts: dict[str, Any],
+    column: Callable[[str, int, int], np.ndarray],
     fits: dict[str, dict[str, np.ndarray]],
     layers: list[int],
     arrays: dict[str, np.ndarray],
+    *,
+    scale_all: bool = True,
 ) -> dict[str, Any] | None:
     """The best unit (course rule or accuracy rule), its probabilities and token heatmap.
 
@@ -200,7 +238,9 @@ def best_unit_details(
     significant unit: the most accurate converged unit of any layer. Adds
     ``best_unit_probability``, ``best_unit_heatmap`` (raw activations over the first
     ``heatmap_windows`` windows of the last class) and ``best_unit_heatmap_scaled`` (the
-    course's colouring: min-max over every window of that class and position, squared).
+    course's colouring: min-max over every window of that class and position, squared; with
+    ``scale_all`` False over the shown windows only, so that a store run does not take a second
+    forward pass over a whole class).
     """
     from mechprobe.activations import collect
     from mechprobe.hooks import hook_name
@@ -230,13 +270,15 @@ def best_unit_details(
         from mechprobe.hooks import UNIT_POINTS
 
         hook, col, where = hook_name(layer, UNIT_POINTS[fam][0]), unit, {"group": fam, "unit": unit}
-    xu = acts[fam][:, row, unit].double().numpy()
+    xu = column(fam, row, unit)
     with np.errstate(over="ignore"):
         arrays["best_unit_probability"] = 1.0 / (
             1.0 + np.exp(-(f["intercept"][row, unit] + f["beta"][row, unit] * xu))
         )
     last = len(samples.names) - 1
     rows = np.flatnonzero(samples.labels == last)
+    if not scale_all:
+        rows = rows[: config.heatmap_windows]
 
     def pick(name: str, t: Any) -> Any:
         return (heads_to_units(t) if t.ndim == 4 else t)[..., col]
@@ -273,6 +315,7 @@ def best_unit_details(
         "intercept": float(f["intercept"][row, unit]),
         "pvalue": float(f["pvalue"][row, unit]),
         "heatmap_class": samples.names[last],
+        "heatmap_scaled_over": "every window of the class" if scale_all else "the shown windows",
         "heatmap_offsets": list(range(lo - pre, hi - pre + 1)),
         "heatmap_positions": [int(p) for p in samples.positions[shown]],
         "heatmap_tokens": [

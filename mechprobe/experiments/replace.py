@@ -14,17 +14,16 @@ block's output, the last one after the final norm. On the TransformerLens side t
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
-
+from mechprobe.experiments.replace_course import condition_names, default_text
 from mechprobe.experiments.result import ExperimentResult
 from mechprobe.experiments.spec import Course, Experiment, Figure, Finding, option, verdict_of
 from mechprobe.models.registry import ModelShape
 from mechprobe.validate import (
     Problems,
+    check_count,
     check_index,
     check_number,
     check_seed,
@@ -62,6 +61,8 @@ class ReplaceConfig:
         scales: Scale factors, one condition each.
         tolerance: Largest allowed TL-vs-HF difference.
         truncate: Cut a text longer than the model's context (else that is an error).
+        sentences: File of sentences for the scaling over many samples (None: the shipped 54).
+        n_boot: Bootstrap resamples over sentences for the many-sample verdicts.
     """
 
     text: str | None = option(None, "text to run, no BOS (default: a shipped sentence)")
@@ -91,28 +92,10 @@ class ReplaceConfig:
     )
     tolerance: float = option(1e-4, "largest TL-vs-HF |diff| allowed (1e-4)")
     truncate: bool = option(False, "cut a text longer than the model's context to fit it")
-
-
-def default_text() -> str:
-    """The shipped default sentence (``replace_default.txt``, 11 GPT-2 tokens).
-
-    Example:
-        >>> default_text()
-        'My sister bought a bicycle at the market on Sunday.'
-    """
-    from mechprobe.data import read_data_text
-
-    return read_data_text("replace_default.txt").strip()
-
-
-def condition_names(scales: tuple[float, ...]) -> list[str]:
-    """Names of the conditions, in run order.
-
-    Example:
-        >>> condition_names((0.1, 10.0))
-        ['baseline', 'zero_head', 'mlp_noise', 'scale_0.1', 'scale_10']
-    """
-    return ["baseline", "zero_head", "mlp_noise", *(f"scale_{f:g}" for f in scales)]
+    sentences: str | None = option(
+        None, "sentences (one a line) for the scaling over many samples (default: shipped 54)"
+    )
+    n_boot: int = option(1000, "bootstrap resamples over sentences (1000)")
 
 
 def resolve(config: ReplaceConfig, shape: ModelShape) -> ReplaceConfig:
@@ -144,6 +127,7 @@ def resolve(config: ReplaceConfig, shape: ModelShape) -> ReplaceConfig:
     p.check("noise_std", check_number, config.noise_std, low=0.0, what="noise std")
     p.check("seed", check_seed, config.seed)
     p.check("tolerance", check_tolerance, config.tolerance)
+    p.check("n_boot", check_count, config.n_boot, 100, "bootstrap resamples")
     if not config.scales:
         p.add("scales", "give at least one factor, e.g. 0.1,10")
     for f in config.scales:
@@ -159,43 +143,18 @@ def resolve(config: ReplaceConfig, shape: ModelShape) -> ReplaceConfig:
 
 
 def inputs(config: ReplaceConfig) -> dict[str, str]:
-    """The sha256 of the text."""
+    """The sha256 of the text and of the sentences."""
     from mechprobe.corpus.text import text_source
+    from mechprobe.experiments.replace_many import load_sentences
 
-    return {"text": text_source(config.text or default_text()).sha256}
-
-
-def build_interventions(config: ReplaceConfig) -> dict[str, list[Any]]:
-    """``{condition: interventions}`` of a resolved config.
-
-    Example:
-        >>> plan = build_interventions(resolve(ReplaceConfig(), model_shape(model)))
-        >>> plan["zero_head"]
-        [ZeroHead(layer=0, head=2, component='k')]
-    """
-    from mechprobe.interventions import MLPNoise, ScaleOutput, ZeroHead
-
-    plan: dict[str, list[Any]] = {
-        "baseline": [],
-        "zero_head": [ZeroHead(config.head_layer, config.head, config.component)],
-        "mlp_noise": [
-            MLPNoise(
-                config.mlp_layer,
-                parse_units(config.mlp_units),
-                (config.position,),
-                config.noise_mean,
-                config.noise_std,
-                config.seed,
-            )
-        ],
+    return {
+        "text": text_source(config.text or default_text()).sha256,
+        "sentences": text_source("\n".join(load_sentences(config.sentences))).sha256,
     }
-    for name, f in zip(condition_names(config.scales)[3:], config.scales, strict=True):
-        plan[name] = [ScaleOutput(config.scale_layer, float(f))]
-    return plan
 
 
 def run(config: ReplaceConfig, model: Any, reference: Any) -> ExperimentResult:
-    """Run every condition with TransformerLens and HF hooks; collect norms, values, parity.
+    """E4: the course's sample with HF parity, then the scaling over many sentences.
 
     Args:
         config: The settings, resolved (`resolve`).
@@ -203,141 +162,63 @@ def run(config: ReplaceConfig, model: Any, reference: Any) -> ExperimentResult:
         reference: The independent HF ``(model, tokenizer)``.
 
     Returns:
-        ``ExperimentResult("replace")``: per condition ``<c>_values`` ``[n_layers + 1, d_model]``
-        (HF hidden-state convention at the followed position), ``<c>_norm``, ``<c>_std``,
-        ``<c>_resid_norm`` (pre-norm residual norms) and ``<c>_ratio`` (to the baseline's), the
-        check arrays, and a summary with per-condition parity, KL and top-5 next tokens.
+        ``ExperimentResult("replace")``: the course sample's arrays (`replace_course`) and, per
+        scale factor ``scale_<f>``, ``<c>_many_median``/``_low``/``_high`` (the norm ratio to the
+        baseline per hidden state over every sentence and position: median and 95% band) and
+        ``<c>_many_holds`` (the claim per sample).
 
     Example:
-        >>> res = run(resolve(ReplaceConfig(), model_shape(model)), model, (hf, tok))
-        >>> res.summary["parity"]["passed"]
-        True
+        >>> res = run(resolve(ReplaceConfig(n_boot=100), model_shape(model)), model, (hf, tok))
+        >>> res.summary["parity"]["passed"], res.arrays["scale_10_many_median"].shape
+        (True, (3,))
     """
-    import torch
-    from tqdm.auto import tqdm
+    from mechprobe.experiments.replace_course import course_sample
+    from mechprobe.experiments.replace_many import many_samples
 
-    from mechprobe.activations import LOGITS, collect
-    from mechprobe.experiments.crosscheck import max_abs_diff, within
-    from mechprobe.hooks import hidden_state_names, hook_name, residual_names
-    from mechprobe.interventions import gaussian_noise, intervention_hooks
-    from mechprobe.models.registry import model_shape
-    from mechprobe.reference.interventions import describe_block_output, run_reference
-    from mechprobe.stats.logits import kl_divergence, top_tokens
-    from mechprobe.units import layout_of, qkv_units
-    from mechprobe.validate import fit_context
-
-    hf, tok = reference
-    s = model_shape(model)
-    p = Problems()
-    ids = tok(config.text, add_special_tokens=False).input_ids
-    ids = p.check("text", fit_context, ids, s.n_ctx, config.truncate) or ids
-    if config.position >= len(ids):
-        p.add(
-            "position",
-            f"position {config.position} is out of range for the text's {len(ids)} tokens "
-            f"(0..{len(ids) - 1})",
-        )
-    p.raise_if_any()
-    tokens, pos = torch.tensor([ids]), config.position
-    plan = build_interventions(config)
-    hidden, resid = hidden_state_names(s.n_layers), residual_names(s.n_layers)
-    qkv = [hook_name(config.head_layer, c) for c in "qkv"]
-    mlp = hook_name(config.mlp_layer, "mlp_pre")
-    record = list(dict.fromkeys([*hidden, *resid, *qkv, mlp]))
-
-    arrays: dict[str, np.ndarray] = {}
-    conditions: dict[str, Any] = {}
-    last_logits: dict[str, Any] = {}
-    for name, ivs in tqdm(plan.items(), desc="replace: conditions", leave=False):
-        hooks = intervention_hooks(model, ivs, len(ids))
-        acts = collect(model, tokens, record, hooks=hooks, logits=True, progress=False)
-        ref = run_reference(hf, tokens, ivs)
-        diffs = [
-            max_abs_diff(acts[h], r) for h, r in zip(hidden, ref["hidden_states"], strict=True)
-        ]
-        vals = torch.stack([acts[h][0, pos] for h in hidden]).double()
-        arrays[f"{name}_values"] = vals.numpy()
-        arrays[f"{name}_norm"] = vals.norm(dim=-1).numpy()
-        arrays[f"{name}_std"] = vals.std(dim=-1).numpy()
-        res_norm = torch.stack([acts[h][0, pos] for h in resid]).double().norm(dim=-1)
-        arrays[f"{name}_resid_norm"] = res_norm.numpy()
-        if name in ("baseline", "zero_head"):
-            q, k, v = (acts[h][:, pos] for h in qkv)
-            arrays[f"{name}_qkv"] = qkv_units(q, k, v)[0].double().numpy()
-        if name in ("baseline", "mlp_noise"):
-            arrays[f"{name}_mlp_pre"] = acts[mlp][0, pos].double().numpy()
-        last_logits[name] = acts[LOGITS][0, -1].double()
-        worst = max(diffs, key=lambda d: math.inf if math.isnan(d) else d)
-        conditions[name] = {
-            "interventions": [repr(iv) for iv in ivs],
-            "tl_vs_hf_max_abs_diff": worst,
-            "tl_vs_hf_max_abs_diff_per_hidden_state": diffs,
-            "tl_vs_hf_logits_max_abs_diff": max_abs_diff(acts[LOGITS], ref["logits"]),
-            "top5_next_tokens": top_tokens(last_logits[name], tok),
-        }
-    for name in conditions:
-        conditions[name]["kl_from_baseline"] = kl_divergence(
-            last_logits["baseline"], last_logits[name]
-        )
-    for name in plan:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            arrays[f"{name}_ratio"] = arrays[f"{name}_resid_norm"] / arrays["baseline_resid_norm"]
-            final = arrays[f"{name}_norm"][-1] / arrays["baseline_norm"][-1]
-        conditions[name]["ratio_after_final_norm"] = float(final)
-
-    units = resolve_units(parse_units(config.mlp_units), s.d_mlp)
-    arrays["noise_units"] = np.asarray(units)
-    noise = gaussian_noise(1, len(units), config.noise_mean, config.noise_std, config.seed)
-    arrays["noise_draws"] = noise[0].double().numpy()
-    layout = layout_of(model)
-    umap = layout.unit_map()
-    arrays["qkv_component"], arrays["qkv_head"] = umap["component"], umap["head"]
-    start = layout.slice(config.component).start + config.head * s.d_head
-    values = [c["tl_vs_hf_max_abs_diff"] for c in conditions.values()]
-    worst = max(values, key=lambda d: math.inf if math.isnan(d) else d)
-    summary = {
-        "text": config.text,
-        "tokens": [tok.decode([i]) for i in ids],
-        "position": pos,
-        "position_token": tok.decode([ids[pos]]),
-        "n_layers": s.n_layers,
-        "n_mlp_units_replaced": len(units),
-        "conditions": conditions,
-        "scales": {f"scale_{f:g}": float(f) for f in config.scales},
-        "zeroed_qkv_units": [start, start + s.d_head],
-        "parity": {
-            "tolerance": config.tolerance,
-            "max_abs_diff": worst,
-            "passed": all(within(v, config.tolerance) for v in values),
-        },
-        "next_token_position": len(ids) - 1,
-        "std": "unbiased (torch.std) over d_model",
-        "settings": asdict(config),
-        "block_output_explanation": describe_block_output(hf, tokens, layer=config.scale_layer),
-    }
+    arrays, summary = course_sample(config, model, reference)
+    many_arrays, many_summary = many_samples(config, model)
+    arrays.update(many_arrays)
+    summary["many"] = many_summary
     return ExperimentResult(NAME, arrays, summary)
 
 
 def finding(result: ExperimentResult) -> Finding:
-    """The course's scaling claims, one test per scale factor; partly holds when some hold."""
-    a, s = result.arrays, result.summary
-    layer = s["settings"]["scale_layer"]
+    """The course's scaling claims over many samples, one test per scale factor.
+
+    Per factor the claim holds when the share of samples (sentence x position) for which it
+    holds has a 95% bootstrap interval (over sentences) above 0.5; the verdict holds when every
+    factor's does, partly when some. The course's own sample (one sentence, one position) is
+    reported beside.
+    """
     from mechprobe.stats.logits import scaling_verdict
 
-    tests = [
+    a, s = result.arrays, result.summary
+    layer, many = s["settings"]["scale_layer"], s["many"]
+    course = [
         scaling_verdict(
             a[f"{name}_ratio"], s["conditions"][name]["ratio_after_final_norm"], layer, f
         )
         for name, f in s["scales"].items()
     ]
-    holds = [t["holds"] for t in tests]
+    parts, holds = [], []
+    for name, f in s["scales"].items():
+        m = many[name]
+        holds.append(m["fraction_low"] > 0.5)
+        parts.append(
+            f"x{f:g}: holds for {m['fraction']:.0%} of {m['n_samples']} samples (95% CI "
+            f"{m['fraction_low']:.0%}-{m['fraction_high']:.0%}); median norm ratio "
+            f"{a[name + '_many_median'][layer + 1]:.2f} at block {layer}, "
+            f"{a[name + '_many_median'][-1]:.2f} at the last block"
+        )
+    course_text = "; ".join(t["text"] for t in course)
     return Finding(
         claim="Scaling a block's output by 0.1 collapses the norm at that block and later layers "
         "partly restore it; scaling by 10 blows it up and the final layer compresses it.",
-        this_run="; ".join(t["text"] for t in tests) + ".",
+        this_run="; ".join(parts) + f". The course's sample: {course_text}.",
         verdict=verdict_of(all(holds), partly=any(holds)),
-        key=", ".join(f"x{t['factor']:g} {'holds' if t['holds'] else 'no'}" for t in tests),
-        sample=f"one sentence of {len(s['tokens'])} tokens, position {s['position']}",
+        key=", ".join(f"x{s['scales'][n]:g} {many[n]['fraction']:.0%}" for n in s["scales"]),
+        sample=f"{many['n_sentences']} sentences x every position (1 .. len-1); 95% percentile "
+        "bootstrap over sentences",
     )
 
 
@@ -408,6 +289,15 @@ SPEC = Experiment(
             "L2 norm (log scale) of the followed token's hidden vector after each block, one "
             "line per condition; a scaled block shows as a jump at its output, and what later "
             "blocks do to it is the course's claim.",
+        ),
+        Figure(
+            "many",
+            "Norm ratios over many sentences and positions",
+            "Per scale factor, the residual-stream norm after each block divided by the "
+            "baseline's, over every sentence and position: the median (line) and the central 95% "
+            "(band), log scale; the dotted line marks the scaled block. A collapse that later "
+            "blocks partly undo (x0.1) or a blow-up the final layer compresses (x10) is the "
+            "course's claim.",
         ),
         Figure(
             "check_qkv",

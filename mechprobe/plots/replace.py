@@ -152,19 +152,67 @@ def norms_figure(norms: dict[str, np.ndarray], title: str) -> go.Figure:
     )
 
 
+def many_figure(
+    bands: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], scale_layer: int, title: str
+) -> go.Figure:
+    """Median norm ratio per hidden state with its 95% band, one line per scale factor.
+
+    Example:
+        >>> r = np.array([1.0, 0.1, 0.5])
+        >>> fig = many_figure([("x0.1", r, r * 0.8, r * 1.2)], 0, "t")
+        >>> [t.name for t in fig.data]
+        ['x0.1', 'x0.1: central 95%']
+    """
+    fig = go.Figure()
+    palette = (COLOURS["accent"], COLOURS["mlp"], COLOURS["q"], COLOURS["v"])
+    for i, (label, median, low, high) in enumerate(bands):
+        x = list(range(len(median)))
+        colour = palette[i % len(palette)]
+        fig.add_trace(go.Scatter(x=x, y=median, name=label, line={"color": colour}))
+        fig.add_trace(
+            go.Scatter(
+                x=x + x[::-1],
+                y=list(high) + list(low)[::-1],
+                fill="toself",
+                fillcolor=colour,
+                opacity=0.2,
+                line={"width": 0},
+                name=f"{label}: central 95%",
+                hoverinfo="skip",
+            )
+        )
+    fig.add_vline(x=scale_layer + 1, line_dash="dot")
+    fig.add_hline(y=1.0, line={"color": "grey", "width": 1})
+    return themed(
+        fig,
+        title=title,
+        yaxis={"title": "norm ratio to baseline", "type": "log"},
+        xaxis_title="hidden state (0 = embeddings, n = block n-1's output)",
+    )
+
+
 def figures(result: Any) -> dict[str, go.Figure]:
     """All figures of a replacement result: ``norms``, ``check_qkv``, ``check_mlp``, ``scaling``.
 
     Example:
         >>> from mechprobe.experiments import replace as e4
-        >>> res = e4.run(e4.resolve(e4.ReplaceConfig(), model_shape(model)), model, (hf, tok))
-        >>> sorted(figures(res))
-        ['check_mlp', 'check_qkv', 'norms', 'scaling']
+        >>> cfg = e4.resolve(e4.ReplaceConfig(n_boot=100), model_shape(model))
+        >>> sorted(figures(e4.run(cfg, model, (hf, tok))))
+        ['check_mlp', 'check_qkv', 'many', 'norms', 'scaling']
     """
     a, s = result.arrays, result.summary
     cfg = s["settings"]
     tok = s["position_token"]
+    bands = [
+        (f"x{f:g}", a[f"{n}_many_median"], a[f"{n}_many_low"], a[f"{n}_many_high"])
+        for n, f in s["scales"].items()
+    ]
     return {
+        "many": many_figure(
+            bands,
+            cfg["scale_layer"],
+            f"Norm ratio per hidden state, {s['many']['n_sentences']} sentences x every position",
+        ),
         "norms": norms_figure(
             {c: a[f"{c}_norm"] for c in s["conditions"]},
             f"Norm of the hidden vector at {tok!r} per hidden state",
