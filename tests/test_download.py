@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from mechprobe.corpus import download
 from mechprobe.corpus import text as text_module
+from mechprobe.corpus import transport
 from mechprobe.corpus.download import cache_file, cached_download, check_redirect
 from mechprobe.corpus.text import load_text
 from mechprobe.errors import MechprobeError
@@ -436,8 +436,8 @@ def test_https_to_http_redirect_is_refused_by_the_handler():
     headers = email.message.Message()
     headers["Location"] = "http://127.0.0.1:9/x.txt"
     request = urllib.request.Request("https://example.org/x.txt")
-    with pytest.raises(download._Failure, match="from https down to plain http"):
-        download._RedirectHandler().http_error_302(request, io.BytesIO(), 302, "Found", headers)
+    with pytest.raises(transport.Failure, match="from https down to plain http"):
+        transport.RedirectHandler().http_error_302(request, io.BytesIO(), 302, "Found", headers)
 
 
 # ---------------------------------------------------------------- through load_text

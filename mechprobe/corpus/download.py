@@ -25,12 +25,10 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import http.client
 import re
 import socket
-import string
 import threading
 import time
 import urllib.error
@@ -39,17 +37,31 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from mechprobe.corpus.transport import (
+    MAX_REDIRECTS,
+    Deadline,
+    Failure,
+    check_redirect,
+    one_line,
+    opener,
+)
 from mechprobe.errors import MechprobeError
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_TIMEOUT",
+    "MAX_REDIRECTS",
+    "cache_file",
+    "cached_download",
+    "check_redirect",
+]
 
 #: Largest download accepted by default (32 MiB; *The Variable Man* is about 0.1 MiB).
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 #: Default deadline in seconds for a whole download (lookup, connection, redirects, body).
 DEFAULT_TIMEOUT = 30.0
-#: Most redirects followed for one download.
-MAX_REDIRECTS = 5
 
 _BLOCK = 64 * 1024
-_SAFE = string.punctuation
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _BINARY_MAJOR_TYPES = frozenset({"image", "audio", "video", "font", "model", "multipart"})
 _BINARY_TYPES = frozenset(
@@ -80,10 +92,6 @@ _HTML_HINT = (
 _BINARY_HINT = "hint: mechprobe reads plain UTF-8 text; give the URL of a .txt file"
 
 
-class _Failure(Exception):
-    """Why a download failed, as the part of the message after ``could not download <url>:``."""
-
-
 def cache_file(url: str) -> Path:
     """The cache path of a download: ``texts/<sha256(url)[:12]>-<file name>``.
 
@@ -99,12 +107,6 @@ def cache_file(url: str) -> Path:
     return cache_dir("texts") / f"{digest}-{name}"
 
 
-def _one_line(text: str, limit: int = 200) -> str:
-    """``text`` on one line (control characters replaced), cut to ``limit`` characters."""
-    flat = re.sub(r"[\x00-\x1f\x7f]+", " ", text).strip()
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
 def _size(n: int) -> str:
     """A byte count for a message: ``256 KiB``, ``32.0 MiB``."""
     return f"{n / 2**10:.0f} KiB" if n < 2**20 else f"{n / 2**20:.1f} MiB"
@@ -117,230 +119,60 @@ def _check_content_type(headers: Any) -> None:
     """Refuse, before the body, a response whose headers say it is HTML, binary or compressed.
 
     Raises:
-        _Failure: An HTML or binary content type, or a compressed body.
+        Failure: An HTML or binary content type, or a compressed body.
     """
     encoding = (headers.get("Content-Encoding") or "identity").strip().lower()
     if encoding not in ("", "identity"):
-        raise _Failure(
-            f"the server sent a {_one_line(encoding, 40)}-compressed body; {_BINARY_HINT}"
-        )
+        raise Failure(f"the server sent a {one_line(encoding, 40)}-compressed body; {_BINARY_HINT}")
     if headers.get("Content-Type") is None:
         return
     ctype = headers.get_content_type()
     if ctype in _HTML_TYPES:
-        raise _Failure(f"it is an HTML page ({ctype}), not a plain text; {_HTML_HINT}")
+        raise Failure(f"it is an HTML page ({ctype}), not a plain text; {_HTML_HINT}")
     if ctype.split("/", 1)[0] in _BINARY_MAJOR_TYPES or ctype in _BINARY_TYPES:
-        raise _Failure(f"it is a binary file ({_one_line(ctype, 80)}), not a text; {_BINARY_HINT}")
+        raise Failure(f"it is a binary file ({one_line(ctype, 80)}), not a text; {_BINARY_HINT}")
 
 
 def _check_text(data: bytes) -> None:
     r"""Refuse a body that is empty, an HTML page or binary (NUL bytes or >1% control bytes).
 
     Raises:
-        _Failure: What the body is instead of a plain text.
+        Failure: What the body is instead of a plain text.
 
     Example:
         >>> _check_text(b"It is not here.\r\n")
         >>> _check_text(b"<!DOCTYPE html><html><body>It is not here.</body></html>")
         Traceback (most recent call last):
         ...
-        mechprobe.corpus.download._Failure: it is an HTML page, not a plain text; hint: ...
+        mechprobe.corpus.transport.Failure: it is an HTML page, not a plain text; hint: ...
     """
     if not data:
-        raise _Failure("the server sent an empty body")
+        raise Failure("the server sent an empty body")
     if _HTML_START.match(data[:4096]):
-        raise _Failure(f"it is an HTML page, not a plain text; {_HTML_HINT}")
+        raise Failure(f"it is an HTML page, not a plain text; {_HTML_HINT}")
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        raise _Failure(f"it is UTF-16 text; {_BINARY_HINT}")
+        raise Failure(f"it is UTF-16 text; {_BINARY_HINT}")
     n_control = len(data) - len(data.translate(None, _CONTROL_BYTES))
     if b"\x00" in data or n_control > 0.01 * len(data):
-        raise _Failure(f"it is a binary file (control bytes), not a text; {_BINARY_HINT}")
+        raise Failure(f"it is a binary file (control bytes), not a text; {_BINARY_HINT}")
 
 
 # ---------------------------------------------------------------- one bounded fetch
 
 
-class _Deadline:
-    """The deadline of one download, and the sockets to shut when it passes.
-
-    The fetch runs in a worker thread; the caller waits for it at most until the deadline,
-    then calls :meth:`cancel`, which shuts the worker's sockets so that it ends promptly.
-    """
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self.end = time.monotonic() + timeout
-        self._cancelled = False
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-
-    def left(self) -> float:
-        """Seconds left (raises ``TimeoutError`` when none are, or after :meth:`cancel`)."""
-        left = self.end - time.monotonic()
-        if left <= 0 or self._cancelled:
-            raise TimeoutError("deadline passed")
-        return left
-
-    def watch(self, sock: socket.socket | None) -> None:
-        """Shut ``sock`` at :meth:`cancel` (at once if already cancelled)."""
-        if sock is None:
-            return
-        with self._lock:
-            self._sockets.append(sock)
-            if self._cancelled:
-                _shut(sock)
-
-    def cancel(self) -> None:
-        """Shut every watched socket; later connections fail at once."""
-        with self._lock:
-            self._cancelled = True
-            for sock in self._sockets:
-                _shut(sock)
-
-
-def _shut(sock: socket.socket) -> None:
-    # socket.socket.shutdown on the file descriptor (also for an SSLSocket): a blocked recv in
-    # the worker returns at once.
-    try:
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except (OSError, ValueError):
-        pass
-
-
-class _HTTPConnection(http.client.HTTPConnection):
-    """An HTTP connection whose socket timeout is the time left and whose socket is watched."""
-
-    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._deadline = deadline
-
-    def connect(self) -> None:
-        self.timeout = self._deadline.left()
-        super().connect()
-        self._deadline.watch(self.sock)
-
-
-class _HTTPSConnection(http.client.HTTPSConnection):
-    """An HTTPS connection whose socket timeout is the time left and whose socket is watched."""
-
-    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._deadline = deadline
-
-    def connect(self) -> None:
-        self.timeout = self._deadline.left()
-        super().connect()
-        self._deadline.watch(self.sock)
-
-
-class _HTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, deadline: _Deadline) -> None:
-        super().__init__()
-        self._deadline = deadline
-
-    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(functools.partial(_HTTPConnection, deadline=self._deadline), req)
-
-
-class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: _Deadline) -> None:
-        super().__init__()
-        self._deadline = deadline
-
-    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(functools.partial(_HTTPSConnection, deadline=self._deadline), req)
-
-
-def check_redirect(old: str, new: str) -> None:
-    """Refuse a redirect that leaves http(s) or goes from https down to plain http.
-
-    Raises:
-        MechprobeError: One line naming the refused target.
-
-    Example:
-        >>> check_redirect("http://example.org/a", "https://example.org/a.txt")
-        >>> check_redirect("http://example.org/a", "ftp://example.org/a.txt")
-        Traceback (most recent call last):
-        ...
-        mechprobe.errors.MechprobeError: redirected to ftp://example.org/a.txt, which is not ...
-    """
-    scheme = urllib.parse.urlsplit(new).scheme.lower()
-    if scheme not in ("http", "https"):
-        raise MechprobeError(f"redirected to {_one_line(new)}, which is not an http(s) URL")
-    if scheme == "http" and urllib.parse.urlsplit(old).scheme.lower() == "https":
-        raise MechprobeError(f"refused a redirect from https down to plain http ({_one_line(new)})")
-
-
-class _RedirectHandler(urllib.request.HTTPRedirectHandler):
-    """Follows at most `MAX_REDIRECTS` http(s) redirects; never reads a redirect's body."""
-
-    def http_error_302(
-        self,
-        req: urllib.request.Request,
-        fp: Any,
-        code: int,
-        msg: str,
-        headers: Any,
-    ) -> Any:
-        fp.close()  # a redirect's body is never read: it could be anything, of any size
-        location = headers.get("Location") or headers.get("URI")
-        if not location:
-            raise _Failure(f"HTTP {code} redirect without a Location")
-        # as urllib does: headers are decoded as latin-1; percent-encode what is not ASCII
-        location = urllib.parse.quote(location.strip(), encoding="iso-8859-1", safe=_SAFE)
-        new_url = urllib.parse.urljoin(req.full_url, location)
-        try:
-            check_redirect(req.full_url, new_url)
-        except MechprobeError as exc:
-            raise _Failure(str(exc)) from None
-        visited: list[str] = getattr(req, "mechprobe_visited", [req.full_url])
-        if new_url in visited:
-            raise _Failure(f"redirect loop at {_one_line(new_url)}")
-        if len(visited) > MAX_REDIRECTS:
-            raise _Failure(f"more than {MAX_REDIRECTS} redirects")
-        new = self.redirect_request(req, fp, code, msg, headers, new_url)
-        if new is None:  # pragma: no cover - redirect_request raises instead for GET
-            raise _Failure(f"HTTP {code} redirect not followed")
-        new.mechprobe_visited = [*visited, new_url]  # type: ignore[attr-defined]
-        return self.parent.open(new, timeout=req.timeout)
-
-    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
-
-
-def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
-    """An opener for http(s) only (proxies from the environment; no ftp, file or data URLs)."""
-    opener = urllib.request.OpenerDirector()
-    for handler in (
-        urllib.request.ProxyHandler(),
-        urllib.request.UnknownHandler(),
-        _HTTPHandler(deadline),
-        _HTTPSHandler(deadline),
-        urllib.request.HTTPDefaultErrorHandler(),
-        _RedirectHandler(),
-        urllib.request.HTTPErrorProcessor(),
-    ):
-        opener.add_handler(handler)
-    opener.addheaders = [
-        ("User-Agent", "mechprobe"),
-        ("Accept", "text/plain, text/*;q=0.9, */*;q=0.1"),
-        ("Accept-Encoding", "identity"),
-    ]
-    return opener
-
-
-def _fetch(url: str, deadline: _Deadline, max_bytes: int) -> bytes:
+def _fetch(url: str, deadline: Deadline, max_bytes: int) -> bytes:
     """Download the body of ``url`` (runs in the worker thread; bounded by ``max_bytes``).
 
     Raises:
-        _Failure: Refused (size, type, short body, redirect).
+        Failure: Refused (size, type, short body, redirect).
         OSError, http.client.HTTPException, ValueError: Network and protocol failures.
     """
-    response = _opener(deadline).open(url, timeout=deadline.left())
+    response = opener(deadline).open(url, timeout=deadline.left())
     with response:
         _check_content_type(response.headers)
         declared = response.length  # None without Content-Length (or when chunked)
         if declared is not None and declared > max_bytes:
-            raise _Failure(
+            raise Failure(
                 f"the body is {_size(declared)} ({declared} bytes, per its Content-Length), "
                 f"over the {_size(max_bytes)} download limit; raise the limit to download it"
             )
@@ -349,7 +181,7 @@ def _fetch(url: str, deadline: _Deadline, max_bytes: int) -> bytes:
             while block := response.read(min(_BLOCK, max_bytes + 1 - len(body))):
                 body += block
                 if len(body) > max_bytes:
-                    raise _Failure(
+                    raise Failure(
                         f"the body is over the {_size(max_bytes)} download limit (stopped "
                         "reading there); raise the limit to download it"
                     )
@@ -357,26 +189,26 @@ def _fetch(url: str, deadline: _Deadline, max_bytes: int) -> bytes:
             got = len(body) + len(exc.partial)
             if isinstance(exc.__cause__, http.client.IncompleteRead):
                 got += len(exc.__cause__.partial)
-            raise _Failure(
+            raise Failure(
                 f"the body was cut short ({got} bytes, then the connection ended)"
             ) from None
         if declared is not None and len(body) < declared:
-            raise _Failure(f"the body was cut short ({len(body)} of {declared} bytes)")
+            raise Failure(f"the body was cut short ({len(body)} of {declared} bytes)")
     return bytes(body)
 
 
-def _reason(exc: BaseException, deadline: _Deadline) -> str:
+def _reason(exc: BaseException, deadline: Deadline) -> str:
     """One line saying why a fetch failed."""
-    if isinstance(exc, _Failure):
-        return _one_line(str(exc), 400)
+    if isinstance(exc, Failure):
+        return one_line(str(exc), 400)
     if isinstance(exc, urllib.error.HTTPError):
-        return f"the server answered HTTP {exc.code} {_one_line(str(exc.reason), 80)}"
+        return f"the server answered HTTP {exc.code} {one_line(str(exc.reason), 80)}"
     if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, BaseException):
         exc = exc.reason
     if isinstance(exc, TimeoutError):  # socket.timeout too
         return f"no complete answer within the {deadline.timeout:g} s deadline"
     if isinstance(exc, socket.gaierror):
-        return f"cannot resolve the host name ({_one_line(exc.strerror or str(exc), 80)})"
+        return f"cannot resolve the host name ({one_line(exc.strerror or str(exc), 80)})"
     if isinstance(exc, http.client.IncompleteRead):
         return f"the body was cut short ({len(exc.partial)} bytes, then the connection ended)"
     if isinstance(exc, ConnectionRefusedError):
@@ -384,9 +216,9 @@ def _reason(exc: BaseException, deadline: _Deadline) -> str:
     if isinstance(exc, ConnectionError | http.client.RemoteDisconnected):
         return f"the connection was closed or reset ({type(exc).__name__})"
     if isinstance(exc, urllib.error.URLError):
-        return _one_line(str(exc.reason), 200)
+        return one_line(str(exc.reason), 200)
     detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    return _one_line(f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__)
+    return one_line(f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__)
 
 
 def _fetch_within(url: str, timeout: float, max_bytes: int) -> bytes:
@@ -398,7 +230,7 @@ def _fetch_within(url: str, timeout: float, max_bytes: int) -> bytes:
     Raises:
         MechprobeError: One line: ``could not download <url>: <why>``.
     """
-    deadline = _Deadline(timeout)
+    deadline = Deadline(timeout)
     outcome: dict[str, Any] = {}
 
     def work() -> None:
@@ -414,7 +246,7 @@ def _fetch_within(url: str, timeout: float, max_bytes: int) -> bytes:
         timed_out = worker.is_alive()  # before cancel(), which makes the worker fail at once
     finally:
         deadline.cancel()
-    where = _one_line(url)
+    where = one_line(url)
     if timed_out:
         raise MechprobeError(
             f"could not download {where}: no complete answer within the {timeout:g} s deadline"
@@ -424,7 +256,7 @@ def _fetch_within(url: str, timeout: float, max_bytes: int) -> bytes:
         return outcome["body"]
     if isinstance(error, urllib.error.HTTPError):
         error.close()
-    if isinstance(error, _Failure | OSError | http.client.HTTPException | ValueError):
+    if isinstance(error, Failure | OSError | http.client.HTTPException | ValueError):
         raise MechprobeError(f"could not download {where}: {_reason(error, deadline)}") from error
     raise error  # a bug, not a network failure: keep its traceback
 
@@ -443,7 +275,7 @@ def _usable(path: Path, max_bytes: int) -> bool:
             return True
     except FileNotFoundError:
         return False
-    except (OSError, _Failure):
+    except (OSError, Failure):
         pass
     path.unlink(missing_ok=True)
     return False
@@ -481,7 +313,7 @@ def cached_download(
     """
     from mechprobe.io import atomic_path
 
-    where = _one_line(url)
+    where = one_line(url)
     if not 0 < timeout < float("inf"):
         raise MechprobeError(f"the download timeout must be a finite number > 0 s, got {timeout!r}")
     if not max_bytes > 0:
@@ -498,13 +330,13 @@ def cached_download(
     body = _fetch_within(url, timeout, max_bytes)
     try:
         _check_text(body)
-    except _Failure as exc:
+    except Failure as exc:
         raise MechprobeError(f"could not download {where}: {exc}") from None
     try:
         with atomic_path(dest) as tmp:
             tmp.write_bytes(body)
     except OSError as exc:
-        why = _one_line(exc.strerror or str(exc), 120)
+        why = one_line(exc.strerror or str(exc), 120)
         msg = f"could not download {where}: cannot write the cache {dest}: {why}"
         raise MechprobeError(msg) from None
     return dest

@@ -10,6 +10,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from mechprobe.plots.heads_softmax import kde_bandwidths_figure, softmax_groups_figure
 from mechprobe.plots.theme import COLOURS, SEQUENTIAL, TEMPLATE, show_token
 
 SAME_COLOR = COLOURS["class0"]
@@ -289,68 +290,6 @@ def negative_by_layer_figure(
         template=TEMPLATE,
         xaxis_title="layer",
         yaxis={"title": "share negative", "range": [0, 1]},
-    )
-    return fig
-
-
-def softmax_groups_figure(groups: Sequence[tuple[str, np.ndarray]], title: str = "") -> go.Figure:
-    """The course's three groups of softmax weights as strips of dots.
-
-    Example:
-        >>> fig = softmax_groups_figure([("self", np.array([0.2, 0.9]))])
-        >>> fig.data[0].name
-        'self'
-    """
-    fig = go.Figure()
-    for i, (label, values) in enumerate(groups):
-        fig.add_trace(
-            go.Box(
-                y=values,
-                name=label,
-                boxpoints="all",
-                jitter=0.6,
-                pointpos=0,
-                marker={
-                    "size": 4,
-                    "opacity": 0.6,
-                    "color": (SAME_COLOR, DIFF_COLOR, K_COLOR)[i % 3],
-                },
-                line={"width": 1},
-                fillcolor="rgba(0,0,0,0)",
-            )
-        )
-    fig.update_layout(
-        title=title or "Softmax weights",
-        yaxis={"title": "weight", "range": [0, 1.02]},
-        showlegend=False,
-        template=TEMPLATE,
-    )
-    return fig
-
-
-def kde_bandwidths_figure(
-    grid: np.ndarray, curves: Sequence[tuple[str, np.ndarray, bool]], title: str = ""
-) -> go.Figure:
-    """KDE curves of the same values with several bandwidths (the chosen one drawn thick).
-
-    Example:
-        >>> g = np.linspace(0, 1, 5)
-        >>> fig = kde_bandwidths_figure(g, [("0.2", g, False), ("scott", g, True)])
-        >>> [t.line.width for t in fig.data]
-        [1.5, 4]
-    """
-    fig = go.Figure()
-    for label, curve, chosen in curves:
-        fig.add_trace(
-            go.Scatter(
-                x=grid, y=curve, name=label, mode="lines", line={"width": 4 if chosen else 1.5}
-            )
-        )
-    fig.update_layout(
-        title=title or "KDE bandwidths",
-        xaxis_title="attention weight",
-        yaxis_title="density (max = 1)",
-        template=TEMPLATE,
     )
     return fig
 
