@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mechprobe.errors import MechprobeError
     from mechprobe.models import static_shape
+    from mechprobe.models.placement import Placement
     from mechprobe.models.sources import hub_reachable
     from mechprobe.runner.run import RunRequest, resolve_steps, run_steps
 
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                 model=model,
                 out=Path(args.out) / model,
                 steps=steps,
-                device=args.device,
+                placement=Placement(device=args.device),
                 command=" ".join(["python", "scripts/reproduce.py", *sys.argv[1:]]),
             )
             outcome = run_steps(request)

@@ -17,9 +17,9 @@ from tests.helpers import REPO, run_cli
 
 #: The layers, bottom first, as the README's layout section lists them.
 LAYERS = (
-    ("errors", "validate", "io", "faults", "models", "stats", "data"),
+    ("errors", "validate", "io", "faults", "models", "stats", "data", "store"),
     ("units", "hooks", "corpus"),
-    ("activations", "reference", "interventions"),
+    ("activations", "reference", "interventions", "collect_store"),
     ("experiments",),
     ("runner", "report", "plots"),
     ("cli", "__main__"),

@@ -67,18 +67,50 @@ def config_from_args(spec: Experiment, args: Any) -> tuple[Any, list[tuple[str, 
     return spec.config(**values), problems
 
 
-def _check_common(args: Any) -> None:
+def _check_common(args: Any, names: Sequence[str]) -> Any:
+    """Check the options every run shares; return the model's placement.
+
+    Raises:
+        MechprobeError: One line naming every bad option.
+    """
+    from mechprobe.models.placement import placement_from_options
+
     if not args.out.strip():
         raise MechprobeError("--out: the output directory is empty: give a path")
     if not getattr(args, "model", "-").strip():
         raise MechprobeError("--model: the model name is empty (see 'mechprobe models')")
+    flags = {n: "--" + n.replace("_", "-") for n in ("device_map", "n_devices", "max_memory")}
+    try:
+        placement = placement_from_options(
+            device=args.device,
+            device_map=args.device_map,
+            n_devices=args.n_devices,
+            max_memory=args.max_memory,
+            dtype=args.dtype,
+        )
+    except ConfigError as exc:
+        raise MechprobeError(_problems_line(exc.problems, {**flags, "dtype": "--dtype"})) from exc
+    if placement.mapped:
+        from mechprobe.models.placement import check_devices
+
+        try:
+            check_devices(placement)
+        except ConfigError as exc:
+            raise MechprobeError(_problems_line(exc.problems, flags)) from exc
+    parity = [n for n in names if registry()[n].needs_reference]
+    if placement.dtype != "float32" and parity:
+        raise MechprobeError(
+            f"--dtype {placement.dtype}: {', '.join(parity)} compare against HuggingFace in "
+            "float32 only; leave --dtype out, or run the other steps"
+        )
+    return placement
 
 
 def run_experiment(spec: Experiment, args: Any, argv: Sequence[str]) -> int:
     """One experiment as a command: options, early checks, the run, its table, exit status."""
     from mechprobe.models import static_shape
 
-    _check_common(args)
+    placement = _check_common(args, [spec.name])
     flags = {o.name: o.flag for o in cli_options(spec.config)}
     config, problems = config_from_args(spec, args)
     shape = static_shape(args.model)
@@ -98,7 +130,7 @@ def run_experiment(spec: Experiment, args: Any, argv: Sequence[str]) -> int:
         out=Path(args.out),
         steps=[Step(spec, config)],
         resume=args.resume,
-        device=args.device,
+        placement=placement,
         png=False if args.no_png else None,
         command=shlex.join(["mechprobe", *argv]),
     )
@@ -147,11 +179,11 @@ def run_sweep(args: Any, argv: Sequence[str]) -> int:
     from mechprobe.models import static_shape
     from mechprobe.runner.run import resolve_steps
 
-    _check_common(args)
+    names = _names(args.experiments, "--experiments")
+    placement = _check_common(args, names)
     models = list(dict.fromkeys(m.strip() for m in args.models.split(",") if m.strip()))
     if not models:
         raise MechprobeError("--models: give at least one model, e.g. smollm2-135m,gemma3-270m")
-    names = _names(args.experiments, "--experiments")
     if args.text is not None and not args.text.strip():
         raise MechprobeError("--text: the text source is empty")
     for model in models:  # every setting against every model's shape, before any work
@@ -168,7 +200,7 @@ def run_sweep(args: Any, argv: Sequence[str]) -> int:
         Path(args.out),
         lambda: _steps_of(args, names),
         resume=args.resume,
-        device=args.device,
+        placement=placement,
         png=False if args.no_png else None,
         command=shlex.join(["mechprobe", *argv]),
     )
@@ -194,8 +226,8 @@ def run_sweep(args: Any, argv: Sequence[str]) -> int:
 def run_all(args: Any, argv: Sequence[str]) -> int:
     """``mechprobe all``: every experiment (or ``--steps``) with its defaults, then the report."""
     specs = registry()
-    _check_common(args)
     names = _names(args.steps, "--steps")
+    placement = _check_common(args, names)
     if args.text is not None and not args.text.strip():
         raise MechprobeError("--text: the text source is empty")
     from mechprobe.models import static_shape
@@ -213,7 +245,7 @@ def run_all(args: Any, argv: Sequence[str]) -> int:
         out=Path(args.out),
         steps=steps,
         resume=args.resume,
-        device=args.device,
+        placement=placement,
         png=False if args.no_png else None,
         command=shlex.join(["mechprobe", *argv]),
     )

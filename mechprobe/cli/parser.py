@@ -32,7 +32,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def common_options(model: bool = True) -> argparse.ArgumentParser:
-    """Options of every run: ``--model``, ``--device``, ``--out``, ``--resume``, ``--no-png``."""
+    """Options of every run: ``--model``, ``--device`` and placement, ``--out``, ``--resume``."""
     common = argparse.ArgumentParser(add_help=False)
     if model:
         common.add_argument(
@@ -42,6 +42,28 @@ def common_options(model: bool = True) -> argparse.ArgumentParser:
             f"(default: {DEFAULT_MODEL})",
         )
     common.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    place = common.add_argument_group("placement (models larger than one device)")
+    place.add_argument(
+        "--device-map",
+        default=None,
+        metavar="{auto,balanced}",
+        help="spread the model's blocks over the GPUs with accelerate (instead of --device)",
+    )
+    place.add_argument(
+        "--n-devices", default=None, metavar="N", help="split the model over N GPUs (balanced)"
+    )
+    place.add_argument(
+        "--max-memory",
+        default=None,
+        metavar="BUDGETS",
+        help="per-device budgets for the device map, e.g. 0=20GiB,1=20GiB,cpu=64GiB",
+    )
+    place.add_argument(
+        "--dtype",
+        default=None,
+        metavar="{float32,bfloat16,float16}",
+        help="weights' dtype (default float32, the only one for parity checks)",
+    )
     common.add_argument(
         "--out", default=DEFAULT_OUT, help=f"output directory (default: {DEFAULT_OUT})"
     )

@@ -20,8 +20,10 @@ Benjamini-Hochberg), and, by default:
 
 Example:
     >>> from pathlib import Path
-    >>> _ = Path("story.txt").write_text("It is not here, but we can go. " * 60, encoding="utf-8")
-    >>> config = resolve(ProbeConfig(text="story.txt", context_pre=5, folds=3), model_shape(model))
+    >>> story = "It is not here, but we can go. The keeper walked along the old harbour wall. "
+    >>> _ = Path("story.txt").write_text(story * 60, encoding="utf-8")
+    >>> config = ProbeConfig(text="story.txt", context_pre=5, context_post=1, folds=3)
+    >>> config = resolve(config, model_shape(model))
     >>> res = run(config, model)
     >>> res.arrays["mlp_heldout_accuracy"].shape  # [layer, units]
     (2, 256)

@@ -33,6 +33,7 @@ from typing import Any
 from mechprobe.errors import ConfigError
 from mechprobe.experiments.result import ExperimentResult
 from mechprobe.experiments.spec import Experiment
+from mechprobe.models.placement import Placement
 
 
 @dataclass
@@ -61,7 +62,7 @@ class RunRequest:
         out: The output directory.
         steps: The steps, in order.
         resume: Reuse steps whose manifest matches the request exactly.
-        device: Torch device (None: CUDA if available, else CPU).
+        placement: The device (None: CUDA if available, else CPU) or device map, and dtype.
         png: Export PNG figures (None: when a browser is available).
         command: The command line, recorded in the manifests and the lock.
     """
@@ -70,7 +71,7 @@ class RunRequest:
     out: Path
     steps: list[Step]
     resume: bool = False
-    device: str | None = None
+    placement: Placement = field(default_factory=Placement)
     png: bool | None = None
     command: str = "mechprobe (library call)"
 
@@ -171,7 +172,7 @@ def run_steps(request: RunRequest, *, log: Callable[[str], None] = _log) -> RunO
         shape = static_shape(request.model)
         resolved = resolve_steps(request.steps, shape) if shape is not None else None
         model_id = describe(request.model)
-        device = _device_type(request.device)
+        device = request.placement.label(_device_type(request.placement))
         requests, todo = {}, []
         for step in request.steps:
             name = step.spec.name
@@ -211,9 +212,9 @@ def run_steps(request: RunRequest, *, log: Callable[[str], None] = _log) -> RunO
     return outcome
 
 
-def _device_type(device: str | None) -> str:
-    if device is not None:
-        return str(device).split(":")[0]
+def _device_type(placement: Placement) -> str:
+    if placement.device is not None:
+        return str(placement.device).split(":")[0]
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -226,10 +227,10 @@ def _load(
 
     t0 = time.perf_counter()
     log(f"[load] {request.model}")
-    model = load_model(request.model, device=request.device)
+    model = load_model(request.model, placement=request.placement)
     reference = None
     if any(s.spec.needs_reference for s in todo):
-        reference = load_reference(request.model, device=request.device)
+        reference = load_reference(request.model, placement=request.placement)
     outcome.timings["load"] = time.perf_counter() - t0
     return model, reference, model_shape(model)
 

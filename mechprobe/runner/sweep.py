@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mechprobe.errors import MechprobeError
+from mechprobe.models.placement import Placement
 from mechprobe.runner.run import RunOutcome, RunRequest, Step, run_steps
 
 
@@ -60,7 +61,7 @@ def sweep(
     steps: Callable[[], list[Step]],
     *,
     resume: bool = False,
-    device: str | None = None,
+    placement: Placement | None = None,
     png: bool | None = None,
     command: str = "mechprobe sweep (library call)",
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
@@ -72,7 +73,7 @@ def sweep(
         out: The sweep's output directory.
         steps: Makes a fresh list of steps for a model.
         resume: Reuse steps whose manifests match exactly.
-        device: Torch device.
+        placement: Where each model's weights go, and their dtype (default: one device).
         png: Export PNG figures (default: when a browser is available).
         command: The command line, for the manifests.
         log: Progress lines.
@@ -96,7 +97,7 @@ def sweep(
             out=model_dir(out, model),
             steps=steps(),
             resume=resume,
-            device=device,
+            placement=placement or Placement(),
             png=png,
             command=command,
         )

@@ -29,26 +29,23 @@ Example:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from mechprobe.errors import MechprobeError
 from mechprobe.faults import failpoint
+from mechprobe.store.score_state import block_state, merge_states
 
 FORMAT = "mechprobe-activations/1"
 #: A fit task reads about this many bytes of activations (its unit block across all windows).
 FIT_BYTES = 1 << 27
 #: Bounds of the unit chunk width.
 MIN_UNIT_CHUNK, MAX_UNIT_CHUNK = 16, 4096
-#: Window blocks of score state merged per read.
+#: Window blocks of score state read at a time.
 SCORE_READ_BLOCKS = 64
-#: Score-state rows before the per-contrast cross sums.
-STATE_ROWS = ("mean", "m2", "xmin", "xmax")
-#: Manifest entries that must agree for a store to be resumed.
-IDENTITY = ("format", "model", "layers", "families", "widths", "position", "n_windows",
-            "window_length", "block", "contrasts", "windows_sha256", "labels_sha256")  # fmt: skip
 
 
 def default_unit_chunk(n_windows: int) -> int:
@@ -68,10 +65,11 @@ def _sha256(a: np.ndarray) -> str:
 
 def _open_group(url: str, mode: str) -> Any:
     import zarr
+    from zarr.errors import NodeNotFoundError
 
     try:
         return zarr.open_group(url, mode=mode, zarr_format=3)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, NodeNotFoundError) as exc:
         raise MechprobeError(f"no activation store at {url}") from exc
     except (ImportError, ValueError) as exc:  # e.g. s3:// without s3fs
         raise MechprobeError(f"cannot open the store {url}: {exc}") from exc
@@ -85,7 +83,8 @@ class ActivationStore:
 
     def __init__(self, group: Any, url: str) -> None:
         self.group = group
-        self.url = url
+        #: Where the store is; a local path is made absolute, so that workers find it too.
+        self.url = url if "://" in url else os.path.abspath(url)
         self.manifest: dict[str, Any] = dict(group.attrs["manifest"])
         if self.manifest.get("format") != FORMAT:
             raise MechprobeError(f"{url} is not a mechprobe activation store ({FORMAT})")
@@ -132,28 +131,24 @@ class ActivationStore:
             >>> s.array("qkv", 1).shape, s.array("qkv", 1).chunks
             ((4, 6), (4, 4))
         """
-        n = int(len(labels))
+        n = len(labels)
         if n == 0 or block < 1 or windows.shape[0] != n or len(positions) != n:
-            raise MechprobeError(f"a store needs windows, labels and positions of one length >= 1 "
-                                 f"and a block >= 1 (got {windows.shape[0]}, {n}, "
-                                 f"{len(positions)}, block {block})")  # fmt: skip
+            raise MechprobeError(
+                "a store needs windows, labels and positions of one length >= 1 and a block >= 1 "
+                f"(got {windows.shape[0]}, {n}, {len(positions)}, block {block})"
+            )
+        settings = dict(
+            windows=windows,
+            labels=labels,
+            position=position,
+            layers=layers,
+            widths=widths,
+            block=block,
+            contrasts=contrasts,
+            model=model,
+        )
         chunk = int(unit_chunk or default_unit_chunk(n))
-        manifest = {
-            "format": FORMAT,
-            "model": model,
-            "layers": [int(v) for v in layers],
-            "families": list(widths),
-            "widths": {k: int(v) for k, v in widths.items()},
-            "position": int(position),
-            "n_windows": n,
-            "window_length": int(windows.shape[1]),
-            "block": int(block),
-            "unit_chunk": chunk,
-            "contrasts": [int(c) for c in contrasts],
-            "windows_sha256": _sha256(np.asarray(windows, dtype=np.int32)),
-            "labels_sha256": _sha256(np.asarray(labels, dtype=np.int8)),
-            **dict(meta or {}),
-        }
+        manifest = {**cls._manifest_of(**settings), "unit_chunk": chunk, **dict(meta or {})}
         try:
             group = _open_group(url, "w" if _interrupted(url) else "w-")
         except FileExistsError as exc:
@@ -164,17 +159,31 @@ class ActivationStore:
         for fam, width in manifest["widths"].items():
             shard = -(-width // chunk) * chunk
             for layer in manifest["layers"]:
-                group.create_array(f"acts/{fam}/{layer}", shape=(n, width), dtype="float32",
-                                   chunks=(block, chunk), shards=(block, shard),
-                                   compressors=None, fill_value=np.nan)  # fmt: skip
-                group.create_array(f"score/{fam}/{layer}", shape=(n_blocks, 4 + k, width),
-                                   chunks=(1, 4 + k, width), dtype="float64",
-                                   fill_value=np.nan)  # fmt: skip
-        for name, data, dtype in (("windows", windows, "int32"), ("labels", labels, "int8"),
-                                  ("positions", positions, "int64")):  # fmt: skip
+                group.create_array(
+                    f"acts/{fam}/{layer}",
+                    shape=(n, width),
+                    dtype="float32",
+                    chunks=(block, chunk),
+                    shards=(block, shard),
+                    compressors=None,
+                    fill_value=np.nan,
+                )
+                group.create_array(
+                    f"score/{fam}/{layer}",
+                    shape=(n_blocks, 4 + k, width),
+                    chunks=(1, 4 + k, width),
+                    dtype="float64",
+                    fill_value=np.nan,
+                )
+        for name, data, dtype in (
+            ("windows", windows, "int32"),
+            ("labels", labels, "int8"),
+            ("positions", positions, "int64"),
+        ):
             data = np.asarray(data).astype(dtype)
-            arr = group.create_array(name, shape=data.shape, dtype=dtype,
-                                     chunks=(block, *data.shape[1:]))  # fmt: skip
+            arr = group.create_array(
+                name, shape=data.shape, dtype=dtype, chunks=(block, *data.shape[1:])
+            )
             arr[...] = data
         group.create_array("done", shape=(n_blocks,), chunks=(1,), dtype="bool", fill_value=False)
         group.attrs["manifest"] = manifest  # last: a store without a manifest is incomplete
@@ -214,15 +223,17 @@ class ActivationStore:
             return cls.create(url, **settings), False
         store = cls.open(url, mode="r+")
         want = cls._manifest_of(**settings)
-        differ = [k for k in IDENTITY if store.manifest.get(k) != want.get(k)]
+        differ = [k for k, v in want.items() if store.manifest.get(k) != v]
         if differ:
-            raise MechprobeError(f"the store {url} holds another collection (it differs in "
-                                 f"{', '.join(differ)}); remove it or give another path")  # fmt: skip
+            raise MechprobeError(
+                f"the store {url} holds another collection (it differs in {', '.join(differ)}); "
+                "remove it or give another path"
+            )
         return store, True
 
     @staticmethod
     def _manifest_of(**settings: Any) -> dict[str, Any]:
-        """The identity entries a `create` with these settings would write."""
+        """What a store holds: the manifest entries that must agree for it to be resumed."""
         return {
             "format": FORMAT,
             "model": settings.get("model", ""),
@@ -230,7 +241,7 @@ class ActivationStore:
             "families": list(settings["widths"]),
             "widths": {k: int(v) for k, v in settings["widths"].items()},
             "position": int(settings["position"]),
-            "n_windows": int(len(settings["labels"])),
+            "n_windows": len(settings["labels"]),
             "window_length": int(settings["windows"].shape[1]),
             "block": int(settings["block"]),
             "contrasts": [int(c) for c in settings.get("contrasts", (1,))],
@@ -329,9 +340,11 @@ class ActivationStore:
         for fam, width in self.widths.items():
             x = np.asarray(acts[fam], dtype=np.float32)
             if x.shape != (rows.stop - rows.start, len(self.layers), width):
-                raise MechprobeError(f"block {b} of {fam}: expected shape "
-                                     f"{(rows.stop - rows.start, len(self.layers), width)}, "
-                                     f"got {x.shape}")  # fmt: skip
+                raise MechprobeError(
+                    f"block {b} of {fam}: expected shape "
+                    f"{(rows.stop - rows.start, len(self.layers), width)}, "
+                    f"got {x.shape}"
+                )
             for i, layer in enumerate(self.layers):
                 self.array(fam, layer)[rows] = np.ascontiguousarray(x[:, i, :])
                 self.group[f"score/{fam}/{layer}"][b] = block_state(x[:, i, :], ys)
@@ -341,69 +354,45 @@ class ActivationStore:
     # ---------------------------------------------------------------- the score test
 
     def score(self, family: str, layer: int) -> list[Any]:
-        """The score test of every unit, per contrast, merged over all blocks in block order.
+        """The score test of every unit, per contrast, merged over the blocks in block order.
 
         Returns:
             One `mechprobe.stats.score.ScoreResult` (``statistic``, ``pvalue``) per contrast.
-
-        Raises:
-            MechprobeError: If some block is not written yet.
         """
-        from mechprobe.stats.score import ScoreAccumulator
-
         if not self.done().all():
             raise MechprobeError(f"the store {self.url} is incomplete: collect it first")
         labels, arr = self.labels(), self.group[f"score/{family}/{layer}"]
-        accs = [ScoreAccumulator() for _ in self.contrasts]
-        for b0 in range(0, self.n_blocks, SCORE_READ_BLOCKS):
-            states = arr[b0 : b0 + SCORE_READ_BLOCKS]
-            for j, state in enumerate(states):
-                rows = self.block_rows(b0 + j)
-                base = dict(zip(STATE_ROWS, state[:4], strict=True))
-                for k, c in enumerate(self.contrasts):
-                    n1 = int((labels[rows] == c).sum())
-                    part = {"n": np.array([rows.stop - rows.start, n1]), "cxy": state[4 + k]}
-                    accs[k].merge(ScoreAccumulator.from_state({**base, **part}))
-        return [acc.result() for acc in accs]
+
+        def blocks() -> Iterator[tuple[np.ndarray, int, list[int]]]:
+            for b0 in range(0, self.n_blocks, SCORE_READ_BLOCKS):
+                for j, state in enumerate(arr[b0 : b0 + SCORE_READ_BLOCKS]):
+                    y = labels[self.block_rows(b0 + j)]
+                    yield state, len(y), [int((y == c).sum()) for c in self.contrasts]
+
+        return merge_states(blocks(), len(self.contrasts))
 
 
-def block_state(x: np.ndarray, ys: Sequence[np.ndarray]) -> np.ndarray:
-    """One block's score-test state ``[4 + len(ys), units]`` (rows: see `STATE_ROWS`, cxy).
+def _existing(url: str) -> Any | None:
+    """The zarr group at ``url``, or None where there is none."""
+    import zarr
+    from zarr.errors import NodeNotFoundError
 
-    Example:
-        >>> block_state(np.array([[0.0], [2.0]]), [np.array([0, 1])])[:, 0].tolist()
-        [1.0, 2.0, 0.0, 2.0, 1.0]
-    """
-    from mechprobe.stats.score import ScoreAccumulator
-
-    out = np.empty((4 + len(ys), x.shape[1]))
-    for k, y in enumerate(ys):
-        acc = ScoreAccumulator()
-        acc.add(x, y)
-        state = acc.state()
-        if k == 0:
-            out[:4] = [state[name] for name in STATE_ROWS]
-        out[4 + k] = state["cxy"]
-    return out
+    try:
+        return zarr.open_group(url, mode="r", zarr_format=3)
+    except (FileNotFoundError, NodeNotFoundError):
+        return None
+    except (ImportError, ValueError) as exc:  # e.g. s3:// without s3fs
+        raise MechprobeError(f"cannot open the store {url}: {exc}") from exc
 
 
 def _exists(url: str) -> bool:
     """Whether ``url`` holds a zarr group already."""
-    import zarr
-
-    try:
-        zarr.open_group(url, mode="r", zarr_format=3)
-    except (FileNotFoundError, KeyError, ValueError):
-        return False
-    return True
+    return _existing(url) is not None
 
 
 def _interrupted(url: str) -> bool:
     """Whether ``url`` holds a store whose creation was killed (marked, no manifest)."""
-    import zarr
-
-    try:
-        attrs = zarr.open_group(url, mode="r", zarr_format=3).attrs
-    except (FileNotFoundError, KeyError, ValueError):
+    group = _existing(url)
+    if group is None:
         return False
-    return attrs.get("creating") == FORMAT and "manifest" not in attrs
+    return group.attrs.get("creating") == FORMAT and "manifest" not in group.attrs
