@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 
 from mechprobe.activations import collect_units
 from mechprobe.errors import MechprobeError
+from mechprobe.models.placement import Placement
 from mechprobe.store.fit import connect
 from mechprobe.store.zarr_store import ActivationStore
 
@@ -119,7 +121,8 @@ def collect_to_store(
             (the store must be writable there: a shared path or an object-store URL). Where
             some workers declare the resource ``GPU`` (``dask worker ... --resources GPU=1``),
             blocks go only to those.
-        device: The workers' device (default: CUDA where they have it, else CPU).
+        device: The workers' device (default: the model's own placement and dtype; CUDA where
+            they have it, else CPU).
         progress: Show a progress bar (default: more than one block).
     """
     pending = store.pending_blocks()
@@ -136,6 +139,9 @@ def collect_to_store(
         )
     from distributed import as_completed
 
+    placement = getattr(model, "mechprobe_placement", None)  # the workers load it alike
+    if device is not None and placement is not None:
+        placement = dataclasses.replace(placement, device=device, device_map=None, n_devices=None)
     with connect(scheduler) as client:
         workers = client.scheduler_info()["workers"].values()
         gpu = any("GPU" in w.get("resources", {}) for w in workers)
@@ -147,6 +153,7 @@ def collect_to_store(
                 name,
                 batch_size,
                 device,
+                placement,
                 pure=False,
                 resources={"GPU": 1} if gpu else None,
             )
@@ -164,7 +171,12 @@ def collect_to_store(
 
 
 def collect_shard(
-    b: int, url: str, model_name: str, batch_size: int, device: str | None = None
+    b: int,
+    url: str,
+    model_name: str,
+    batch_size: int,
+    device: str | None = None,
+    placement: Placement | None = None,
 ) -> int:
     """A worker's task: collect block ``b`` into the store at ``url``; return ``b``.
 
@@ -174,13 +186,13 @@ def collect_shard(
         >>> collect_shard(0, "w.zarr", "tiny-gpt2", batch_size=32, device="cpu")
         0
     """
-    model = worker_model(model_name, device)
+    model = worker_model(model_name, device, placement)
     collect_block(model, ActivationStore.open(url, mode="r+"), b, batch_size)
     return b
 
 
 @functools.lru_cache(maxsize=1)
-def worker_model(name: str, device: str | None = None) -> Any:
+def worker_model(name: str, device: str | None = None, placement: Placement | None = None) -> Any:
     """The model ``name``, loaded once per process (a worker keeps it for all its blocks).
 
     Example:
@@ -189,4 +201,4 @@ def worker_model(name: str, device: str | None = None) -> Any:
     """
     from mechprobe.models import load_model
 
-    return load_model(name, device=device)
+    return load_model(name, device=device, placement=placement)

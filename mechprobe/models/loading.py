@@ -184,4 +184,8 @@ def load_model(
     bridge.eval()
     bridge.requires_grad_(False)
     bridge.mechprobe_name = name
+    # how it was placed, for workers that load it again (`mechprobe.collect_store`)
+    bridge.mechprobe_placement = placement or Placement(
+        device=None if device is None else str(device), dtype=str(dtype).removeprefix("torch.")
+    )
     return bridge
