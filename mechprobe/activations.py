@@ -4,7 +4,9 @@ Every experiment and the crosscheck record through `collect`. Only the hooks ask
 recorded and only the positions asked for are kept, so memory is proportional to what is kept,
 not to layers x sequence length. Intervention hooks given with ``hooks=`` run before the
 recorders, so what is recorded is the activation after the intervention. Unless the logits are
-asked for, the forward pass stops after the last layer that any requested hook lives in.
+asked for, the forward pass stops after the last layer that any requested hook lives in; when one
+position per row is kept (and no logits nor intervention hooks are asked for), a causal model's
+batch also ends at its last kept position, since no later token can change an earlier one.
 
 Example:
     >>> from mechprobe.hooks import hook_name
@@ -51,6 +53,19 @@ def _row_positions(positions: Positions, n_rows: int, n_pos: int) -> Tensor | No
 
 
 LOGITS = "logits"
+#: HuggingFace class-name endings of the decoder-only (causal) language models.
+_CAUSAL_CLASSES = ("ForCausalLM", "LMHeadModel")
+
+
+def is_causal(model: Any) -> bool:
+    """Whether ``model`` (a bridge) is a causal decoder: position p sees only positions <= p.
+
+    Example:
+        >>> is_causal(model)
+        True
+    """
+    hf = getattr(model, "original_model", None)
+    return hf is not None and type(hf).__name__.endswith(_CAUSAL_CLASSES)
 
 
 def collect(
@@ -63,6 +78,7 @@ def collect(
     transform: Callable[[str, Tensor], Tensor] | None = None,
     hooks: Sequence[tuple[str, HookFn]] = (),
     logits: bool = False,
+    truncate: bool = True,
     progress: bool | None = None,
     desc: str = "forward",
 ) -> dict[str, Tensor]:
@@ -80,6 +96,10 @@ def collect(
         hooks: Intervention hooks ``(name, fn)``, run before the recorders.
         logits: Also keep the logits (under the key `LOGITS`, every position); the whole
             model then runs.
+        truncate: With one position kept per row, no logits and no ``hooks``, on a causal model
+            (`is_causal`): feed each batch only up to its last kept position (the tokens after it
+            cannot change what is kept; the values agree with the full pass to float32
+            rounding). ``False`` always feeds the whole rows.
         progress: Show a progress bar; default: when there is more than one batch.
         desc: Progress bar label.
 
@@ -106,6 +126,8 @@ def collect(
     in_blocks = all(n.startswith("blocks.") or n in PRE_BLOCK for n in names)
     abort_after = len(names) if in_blocks and not logits else None
     fired: set[str] = set()
+    # Interventions may read or write any position, so with hooks the rows stay whole.
+    cut = truncate and pos_all is not None and not logits and not hooks and is_causal(model)
     device = next(model.parameters()).device
     out: dict[str, Tensor] = {}
     batch_slice = slice(0, 0)
@@ -136,7 +158,10 @@ def collect(
             batch_slice = slice(start, min(start + batch_size, n_rows))
             if pos_all is not None:
                 batch_pos = pos_all[batch_slice].to(device)
-            batch = tokens[batch_slice].to(device)
+            batch = tokens[batch_slice]
+            if cut and batch_pos is not None and batch_pos.numel():
+                batch = batch[:, : int(batch_pos.max()) + 1]
+            batch = batch.to(device)
             fired.clear()
             try:
                 res = model.run_with_hooks(
@@ -160,6 +185,7 @@ def collect_units(
     components: Sequence[str] = ("qkv", "mlp"),
     *,
     batch_size: int = 32,
+    truncate: bool = True,
     progress: bool | None = None,
     desc: str = "forward",
 ) -> dict[str, Float[Tensor, "batch layer units"]]:
@@ -176,6 +202,7 @@ def collect_units(
         layers: Layer indices, in the order of the output's ``layer`` axis.
         components: Any of ``"qkv"``, ``"mlp"``.
         batch_size: Rows per forward pass.
+        truncate: End each batch at its last kept position (causal models; see `collect`).
         progress: Show a progress bar (default: more than one batch).
         desc: Progress bar label.
 
@@ -197,6 +224,7 @@ def collect_units(
         positions=positions,
         batch_size=batch_size,
         transform=lambda name, t: heads_to_units(t) if t.ndim == 3 else t,
+        truncate=truncate,
         progress=progress,
         desc=desc,
     )

@@ -1,8 +1,9 @@
 """Regenerate figures/ and the README's findings table from full offline runs.
 
-Runs ``mechprobe all`` on each model (default smollm2-135m) with the shared text, copies every PNG
-to figures/<experiment>_<figure>.png (the first model's), screenshots the top of the report, and
-rewrites the findings table between the README's markers from the runs' finding.json files.
+Runs ``mechprobe sweep`` over the models (default smollm2-135m and gemma3-270m) with the shared
+text, copies every PNG of the first model to figures/<experiment>_<figure>.png, screenshots the top
+of its report (figures/report.png) and of the comparative page (figures/sweep.png), and rewrites
+the findings table between the README's markers from the runs' finding.json files.
 
 Usage:
     python scripts/make_figures.py [--text ../shared/data/pg32154.txt] [--out mechprobe-out]
@@ -25,7 +26,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--text", default=str(REPO.parent / "shared" / "data" / "pg32154.txt"))
     ap.add_argument("--out", default="mechprobe-out")
-    ap.add_argument("--models", default="smollm2-135m")
+    ap.add_argument("--models", default="smollm2-135m,gemma3-270m")
     ap.add_argument("--resume", action="store_true", help="reuse finished steps in --out")
     args = ap.parse_args()
 
@@ -33,12 +34,12 @@ def main() -> int:
     from mechprobe.report.markdown import findings_markdown, replace_block
 
     models = [m for m in args.models.split(",") if m]
-    outs = {m: Path(args.out) / m if len(models) > 1 else Path(args.out) for m in models}
-    for model, out in outs.items():
-        argv = ["all", "--model", model, "--out", str(out), "--text", args.text]
-        code = mechprobe_main(argv + (["--resume"] if args.resume else []))
-        if code != 0:
-            return code
+    out = Path(args.out)
+    argv = ["sweep", "--models", ",".join(models), "--out", str(out), "--text", args.text]
+    code = mechprobe_main(argv + (["--resume"] if args.resume else []))
+    if code != 0:
+        return code
+    outs = {m: out / m for m in models}
     first = outs[models[0]]
     pngs = sorted(first.glob("*/figures/*.png"))
     if not pngs:
@@ -52,6 +53,7 @@ def main() -> int:
         shutil.copyfile(png, dest / f"{png.parent.parent.name}_{png.name}")
     print(f"copied {len(pngs)} PNGs to {dest}")
     screenshot(first / "index.html", dest / "report.png")
+    screenshot(out / "index.html", dest / "sweep.png", height=1400)
     readme = REPO / "README.md"
     readme.write_text(
         replace_block(readme.read_text(encoding="utf-8"), findings_markdown(outs)),

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from mechprobe.experiments import registry
+from mechprobe.experiments import default_steps
 from tests.helpers import REPO, assert_one_line_error
 
 pytestmark = [pytest.mark.unit, pytest.mark.faults]
@@ -129,7 +129,7 @@ def test_all_killed_at_several_points_then_resumed_equals_a_clean_run(
     res = mechprobe(*argv, "--resume")
     assert res.returncode == 0, res.stderr
     assert "[rerun]" in res.stderr or "[reuse]" in res.stderr
-    for step in registry():
+    for step in default_steps():
         got, want = step_arrays(out, step), step_arrays(clean_all, step)
         assert sorted(got) == sorted(want), step
         for key in want:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mechprobe.errors import ConfigError, MechprobeError
-from mechprobe.experiments import registry
+from mechprobe.experiments import default_steps, registry
 from mechprobe.experiments.spec import Experiment, cli_options
 
 
@@ -167,7 +167,7 @@ def _steps_of(args: Any, names: Sequence[str]) -> list[Any]:
 def _names(text: str | None, flag: str) -> list[str]:
     specs = registry()
     if text is None:
-        return [name for name, spec in specs.items() if spec.in_all]
+        return default_steps()
     names = list(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
     if not names or any(n not in specs for n in names):
         raise MechprobeError(f"{flag}: expected a comma list of {', '.join(specs)}; got {text!r}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mechprobe.experiments import registry
+from mechprobe.experiments import default_steps, registry
 from mechprobe.experiments.spec import cli_options
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar = opt.metavar or opt.name.upper()
                 p.add_argument(opt.flag, metavar=metavar, help=text, **kwargs)
     default = (
-        ",".join(n for n, s in specs.items() if s.in_all)
+        ",".join(default_steps())
         + "; also: "
         + ",".join(n for n, s in specs.items() if not s.in_all)
     )

@@ -35,6 +35,16 @@ def registry() -> dict[str, Experiment]:
     }
 
 
+def default_steps() -> list[str]:
+    """The experiments ``mechprobe all`` and ``mechprobe sweep`` run when not told which.
+
+    Example:
+        >>> "probe" in default_steps(), "heads" in default_steps()
+        (False, True)
+    """
+    return [name for name, spec in registry().items() if spec.in_all]
+
+
 def get(name: str) -> Experiment:
     """The spec of experiment ``name``, or a one-line error listing the experiments.
 

@@ -282,8 +282,8 @@ def heatmap_figure(
 
     Example:
         >>> fig = heatmap_figure(np.zeros((1, 2)), np.ones((1, 2)), [["a", " not"]], [-1, 0])
-        >>> fig.data[0].text[0]
-        ('a', '·not')
+        >>> list(fig.data[0].text[0])
+        ['a', '·not']
     """
     cells = [[show_token(t) for t in row] for row in tokens]
     rows = list(row_labels) if row_labels is not None else [str(i) for i in range(len(cells))]
@@ -331,9 +331,10 @@ def figures(result: Any) -> dict[str, go.Figure | None]:
     Example:
         >>> from mechprobe.experiments import probe
         >>> from pathlib import Path
-        >>> _ = Path("t.txt").write_text("It is not here, but we can go. " * 60)
-        >>> cfg = probe.resolve(probe.ProbeConfig(text="t.txt", context_pre=5, folds=3),
-        ...                     model_shape(model))
+        >>> story = "It is not here, but we can go. The keeper walked along the old wall. "
+        >>> _ = Path("t.txt").write_text(story * 60)
+        >>> cfg = probe.ProbeConfig(text="t.txt", context_pre=5, context_post=1, folds=3)
+        >>> cfg = probe.resolve(cfg, model_shape(model))
         >>> sorted(figures(probe.run(cfg, model)))[:2]
         ['best_unit_heatmap', 'best_unit_probabilities']
     """

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -254,7 +255,9 @@ def analyse_family(
         keys = ("beta", "accuracy", "converged", "separated")
         beta, acc, conv, sep = (fits[k][:, sl] for k in keys)
         g = layer_summary(beta, acc, mask[:, sl], conv, sep)
-        with np.errstate(invalid="ignore"):
+        # a layer with no significant unit has no mean: NaN, said once here, not warned per layer
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
             if heldout is not None:
                 g["mean_heldout_accuracy"] = np.nanmean(heldout["accuracy"][:, sl], -1)
                 sig_acc = np.where(mask[:, sl], heldout["accuracy"][:, sl], np.nan)
