@@ -65,6 +65,11 @@ def test_resume_reuses_only_an_exact_match(tmp_path, tiny_cli, shared_text):
     first = tree(tmp_path / "negation")
     code, _, err = run_cli(*args, "--resume")
     assert code == 0 and "[reuse] negation" in err and tree(tmp_path / "negation") == first
+    # the same text named by another path: compared by content, reused
+    (tmp_path / "link.txt").symlink_to(shared_text.resolve())
+    other = ("--text", str(tmp_path / "link.txt"))
+    code, _, err = run_cli(*args, *other, "--resume")
+    assert code == 0 and "[reuse] negation" in err and tree(tmp_path / "negation") == first
     # any config value
     code, _, err = run_cli(*args, "--resume", "--alpha", "0.01")
     assert code == 0 and "[rerun] negation: config.alpha changed (0.05 -> 0.01)" in err

@@ -115,15 +115,32 @@ def _diff(old: Any, new: Any, path: str) -> str | None:
 def mismatch(manifest: dict[str, Any] | None, new_request: dict[str, Any]) -> str | None:
     """Why a step's manifest does not answer ``new_request`` (None: it does, exactly).
 
+    An input file (the text, a class file) is compared by the hash of its content under
+    ``inputs``, not by the path or URL it was given as: the same file named another way is
+    the same request.
+
     Example:
         >>> mismatch(None, {})
         'no complete earlier result'
+        >>> old = {"request": request("negation", {}, {"text": "a/t.txt"}, {"text": "ab12"}, "cpu")}
+        >>> mismatch(old, request("negation", {}, {"text": "/b/t.txt"}, {"text": "ab12"}, "cpu"))
+        >>> mismatch(old, request("negation", {}, {"text": "a/t.txt"}, {"text": "cd34"}, "cpu"))
+        'inputs.text changed (ab12 -> cd34)'
     """
     if manifest is None:
         return "no complete earlier result"
     if manifest.get("format") not in (None, FORMAT) or "request" not in manifest:
         return "the earlier result's manifest is of another format"
-    return _diff(manifest["request"], _plain(new_request), "")
+    return _diff(_by_content(manifest["request"]), _by_content(_plain(new_request)), "")
+
+
+def _by_content(req: Any) -> Any:
+    """``req`` without the config entries that name a hashed input (its hash stays)."""
+    if not isinstance(req, dict) or not isinstance(req.get("config"), dict):
+        return req
+    hashed = {k for k, v in (req.get("inputs") or {}).items() if v}
+    config = {k: v for k, v in req["config"].items() if k not in hashed or v is None}
+    return {**req, "config": config}
 
 
 def read_manifest(step_dir: Path) -> dict[str, Any] | None:
