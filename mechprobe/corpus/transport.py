@@ -87,8 +87,11 @@ def _shut(sock: socket.socket) -> None:
         pass
 
 
-class _HTTPConnection(http.client.HTTPConnection):
-    """An HTTP connection whose socket timeout is the time left and whose socket is watched."""
+class _Watched:
+    """Mixin for a connection whose socket timeout is the time left and whose socket is watched."""
+
+    sock: Any
+    timeout: float | None
 
     def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -96,21 +99,16 @@ class _HTTPConnection(http.client.HTTPConnection):
 
     def connect(self) -> None:
         self.timeout = self._deadline.left()
-        super().connect()
+        super().connect()  # type: ignore[misc]
         self._deadline.watch(self.sock)
 
 
-class _HTTPSConnection(http.client.HTTPSConnection):
-    """An HTTPS connection whose socket timeout is the time left and whose socket is watched."""
+class _HTTPConnection(_Watched, http.client.HTTPConnection):
+    """An HTTP connection under the download's deadline."""
 
-    def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._deadline = deadline
 
-    def connect(self) -> None:
-        self.timeout = self._deadline.left()
-        super().connect()
-        self._deadline.watch(self.sock)
+class _HTTPSConnection(_Watched, http.client.HTTPSConnection):
+    """An HTTPS connection under the download's deadline."""
 
 
 class _HTTPHandler(urllib.request.HTTPHandler):

@@ -183,15 +183,3 @@ def _median(x: np.ndarray) -> float | None:
 
 def _finite(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
-
-
-def _negative(x: np.ndarray) -> float | None:
-    return float((x < 0).mean()) if x.size else None
-
-
-def _median(x: np.ndarray) -> float | None:
-    return float(np.median(x)) if x.size else None
-
-
-def _finite(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None

@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from mechprobe.plots.heads_softmax import kde_bandwidths_figure, softmax_groups_figure
-from mechprobe.plots.theme import COLOURS, SEQUENTIAL, TEMPLATE, show_token
+from mechprobe.plots.theme import COLOURS, SEQUENTIAL, TEMPLATE, band_trace, show_token
 
 SAME_COLOR = COLOURS["class0"]
 DIFF_COLOR = COLOURS["class1"]
@@ -260,18 +260,7 @@ def negative_by_layer_figure(
         fig.add_trace(
             go.Scatter(x=x, y=frac, mode="lines+markers", name=label, line={"color": colour})
         )
-        fig.add_trace(
-            go.Scatter(
-                x=x + x[::-1],
-                y=list(high) + list(low)[::-1],
-                fill="toself",
-                fillcolor=colour,
-                opacity=0.18,
-                line={"width": 0},
-                hoverinfo="skip",
-                name=f"{label}: 95% interval",
-            )
-        )
+        fig.add_trace(band_trace(x, low, high, colour, f"{label}: 95% interval", opacity=0.18))
         if course_layer in x:
             i = x.index(course_layer)
             fig.add_trace(

@@ -12,7 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from mechprobe.plots.theme import COLOURS, themed
+from mechprobe.plots.theme import COLOURS, band_trace, themed
 
 COMPONENT_NAMES = ("Q", "K", "V")
 BASE_COLOR = COLOURS["baseline"]
@@ -169,18 +169,7 @@ def many_figure(
         x = list(range(len(median)))
         colour = palette[i % len(palette)]
         fig.add_trace(go.Scatter(x=x, y=median, name=label, line={"color": colour}))
-        fig.add_trace(
-            go.Scatter(
-                x=x + x[::-1],
-                y=list(high) + list(low)[::-1],
-                fill="toself",
-                fillcolor=colour,
-                opacity=0.2,
-                line={"width": 0},
-                name=f"{label}: central 95%",
-                hoverinfo="skip",
-            )
-        )
+        fig.add_trace(band_trace(x, low, high, colour, f"{label}: central 95%"))
     fig.add_vline(x=scale_layer + 1, line_dash="dot")
     fig.add_hline(y=1.0, line={"color": "grey", "width": 1})
     return themed(

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
-from mechprobe.plots.theme import SEQUENTIAL, TEMPLATE
+from mechprobe.plots.theme import SEQUENTIAL, TEMPLATE, band_trace
 
 BLOCKS = ("QQ", "KK", "VV", "QK", "QV", "KV")
 POSITIONS = ("target", "nontarget")
@@ -260,17 +260,7 @@ def depth_figure(
     fig = go.Figure()
     x = list(layers)
     if band is not None:
-        fig.add_trace(
-            go.Scatter(
-                x=x + x[::-1],
-                y=list(band[1]) + list(band[0])[::-1],
-                fill="toself",
-                fillcolor="rgba(58,111,176,0.2)",
-                line={"width": 0},
-                name="95% bootstrap band",
-                hoverinfo="skip",
-            )
-        )
+        fig.add_trace(band_trace(x, band[0], band[1], "#3a6fb0", "95% bootstrap band"))
     fig.add_trace(
         go.Scatter(
             x=x, y=mean_abs, mode="lines+markers", name="mean |cos|", line={"color": "#3a6fb0"}

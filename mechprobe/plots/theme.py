@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import plotly.graph_objects as go
@@ -54,6 +55,34 @@ def themed(fig: go.Figure, **layout: Any) -> go.Figure:
 
 
 _VISIBLE = {"\r\n": "↵", "\n": "↵", "\r": "↵", "\t": "→", " ": "·"}
+
+
+def band_trace(
+    x: Sequence[float],
+    low: Sequence[float],
+    high: Sequence[float],
+    colour: str,
+    name: str,
+    *,
+    opacity: float = 0.2,
+) -> go.Scatter:
+    """A filled band between ``low`` and ``high`` over ``x`` (an interval drawn behind a line).
+
+    Example:
+        >>> band_trace([0, 1], [0.1, 0.2], [0.3, 0.4], "#3a6fb0", "95% interval").y
+        (0.3, 0.4, 0.2, 0.1)
+    """
+    x = list(x)
+    return go.Scatter(
+        x=x + x[::-1],
+        y=list(high) + list(low)[::-1],
+        fill="toself",
+        fillcolor=colour,
+        opacity=opacity,
+        line={"width": 0},
+        hoverinfo="skip",
+        name=name,
+    )  # fmt: skip
 
 
 def show_token(piece: str) -> str:
