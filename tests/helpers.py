@@ -108,3 +108,12 @@ def render(
          *args, page.resolve().as_uri()],
         capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
+
+
+#: The course's negation rule's word lists, written out here independently of mechprobe's class
+#: file so that the tests compare the implementation against the course, not against itself.
+COURSE_NEG_WORDS = ("not", "cannot", "nor", "never")
+COURSE_AFF_WORDS = (
+    "agree", "always", "allow", "can", "certainly", "could", "definitely", "may", "might",
+    "shall", "should",
+)  # fmt: skip

@@ -20,23 +20,12 @@ from mechprobe.corpus.classes import (
 )
 from mechprobe.corpus.targets import decode_pieces, prepare_samples, select_targets, tokenize_text
 from mechprobe.errors import MechprobeError
+from tests.helpers import COURSE_AFF_WORDS, COURSE_NEG_WORDS
 
 pytestmark = pytest.mark.unit
 
-NEG_WORDS = {"not", "cannot", "nor", "never"}
-AFF_WORDS = {
-    "agree",
-    "always",
-    "allow",
-    "can",
-    "certainly",
-    "could",
-    "definitely",
-    "may",
-    "might",
-    "shall",
-    "should",
-}
+NEG_WORDS = set(COURSE_NEG_WORDS)
+AFF_WORDS = set(COURSE_AFF_WORDS)
 PRESET_TOML = """
 [[class]]
 name = "affirmation"

@@ -21,23 +21,12 @@ from mechprobe.corpus.targets import (
 )
 from mechprobe.corpus.text import load_text
 from mechprobe.errors import MechprobeError
+from tests.helpers import COURSE_AFF_WORDS, COURSE_NEG_WORDS
 
 pytestmark = pytest.mark.unit
 
-NEG_WORDS = ["not", "cannot", "nor", "never"]
-AFF_WORDS = [
-    "agree",
-    "always",
-    "allow",
-    "can",
-    "certainly",
-    "could",
-    "definitely",
-    "may",
-    "might",
-    "shall",
-    "should",
-]
+NEG_WORDS = list(COURSE_NEG_WORDS)
+AFF_WORDS = list(COURSE_AFF_WORDS)
 
 
 # ---------------------------------------------------------------- the rule, clause by clause
