@@ -48,6 +48,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(exc).split())  # always one line
         sys.stderr.write(f"mechprobe: error: {message}\n")
         return 2
+    except Exception as exc:
+        if not _from_interrupt(exc):
+            raise
+        sys.stderr.write(INTERRUPTED)
+        return 130
+
+
+def _from_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` wraps a Ctrl-C.
+
+    Python turns a KeyboardInterrupt raised inside ``__set_name__`` (class creation while a
+    library imports) into a RuntimeError whose cause is the interrupt.
+
+    Example:
+        >>> try:
+        ...     raise RuntimeError("Error calling __set_name__") from KeyboardInterrupt()
+        ... except RuntimeError as exc:
+        ...     _from_interrupt(exc)
+        True
+    """
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 def entry() -> None:
@@ -61,6 +89,13 @@ def entry() -> None:
     except BrokenPipeError:  # e.g. `mechprobe models | head -1`
         code = 0
         os._exit(code)
+    if code == 130:
+        # A KeyboardInterrupt that once escaped C-level code run during an import (a library
+        # running Python through the C API) leaves CPython's "unhandled keyboard interrupt"
+        # flag set, and the interpreter would then end itself by SIGINT (status -2) whatever
+        # this function returns. The interrupted run has cleaned up; end with 130 now.
+        sys.stderr.flush()
+        os._exit(130)
     signal.signal(signal.SIGINT, _interrupted_exit)
     raise SystemExit(code)
 
