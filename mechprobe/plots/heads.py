@@ -11,7 +11,14 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from mechprobe.plots.heads_softmax import kde_bandwidths_figure, softmax_groups_figure
-from mechprobe.plots.theme import COLOURS, SEQUENTIAL, TEMPLATE, band_trace, show_token
+from mechprobe.plots.theme import (
+    COLOURS,
+    SEQUENTIAL,
+    TEMPLATE,
+    band_trace,
+    show_token,
+    strip_trace,
+)
 
 SAME_COLOR = COLOURS["class0"]
 DIFF_COLOR = COLOURS["class1"]
@@ -94,18 +101,7 @@ def raw_strip_figure(raw_same: np.ndarray, raw_diff: np.ndarray, title: str = ""
         ("same head", raw_same, SAME_COLOR),
         ("different heads", raw_diff, DIFF_COLOR),
     ):
-        fig.add_trace(
-            go.Box(
-                y=values,
-                name=label,
-                boxpoints="all",
-                jitter=0.6,
-                pointpos=0,
-                marker={"color": color, "size": 4, "opacity": 0.6},
-                line={"width": 0},
-                fillcolor="rgba(0,0,0,0)",
-            )
-        )
+        fig.add_trace(strip_trace(values, label, color))
     fig.add_hline(y=0, line={"color": "black", "dash": "dash"})
     fig.update_layout(
         title=title or "Raw attention scores (last query vs keys 1..n-2)",

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from mechprobe.plots.theme import COLOURS, TEMPLATE
+from mechprobe.plots.theme import COLOURS, TEMPLATE, strip_trace
 
 SAME_COLOR = COLOURS["class0"]
 DIFF_COLOR = COLOURS["class1"]
@@ -30,22 +30,8 @@ def softmax_groups_figure(groups: Sequence[tuple[str, np.ndarray]], title: str =
     """
     fig = go.Figure()
     for i, (label, values) in enumerate(groups):
-        fig.add_trace(
-            go.Box(
-                y=values,
-                name=label,
-                boxpoints="all",
-                jitter=0.6,
-                pointpos=0,
-                marker={
-                    "size": 4,
-                    "opacity": 0.6,
-                    "color": (SAME_COLOR, DIFF_COLOR, K_COLOR)[i % 3],
-                },
-                line={"width": 1},
-                fillcolor="rgba(0,0,0,0)",
-            )
-        )
+        colour = (SAME_COLOR, DIFF_COLOR, K_COLOR)[i % 3]
+        fig.add_trace(strip_trace(values, label, colour, outline=1))
     fig.update_layout(
         title=title or "Softmax weights",
         yaxis={"title": "weight", "range": [0, 1.02]},

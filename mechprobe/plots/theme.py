@@ -85,6 +85,25 @@ def band_trace(
     )  # fmt: skip
 
 
+def strip_trace(values: Any, name: str, colour: str, *, outline: float = 0) -> go.Box:
+    """Every value as a jittered dot in one column (a box plot drawn as a strip of points).
+
+    Example:
+        >>> strip_trace([0.1, 0.5], "same head", "#3a6fb0").boxpoints
+        'all'
+    """
+    return go.Box(
+        y=values,
+        name=name,
+        boxpoints="all",
+        jitter=0.6,
+        pointpos=0,
+        marker={"color": colour, "size": 4, "opacity": 0.6},
+        line={"width": outline},
+        fillcolor="rgba(0,0,0,0)",
+    )
+
+
 def show_token(piece: str) -> str:
     r"""A token with its whitespace drawn visibly: space ``·``, newline ``↵``, tab ``→``.
 
