@@ -17,6 +17,8 @@ import os
 import signal
 
 ENV = "MECHPROBE_FAILPOINT"
+#: A file path: `failpoint_once` fires only if it can still create this file.
+ONCE_ENV = "MECHPROBE_FAILPOINT_ONCE"
 
 
 def failpoint(name: str) -> None:
@@ -24,3 +26,20 @@ def failpoint(name: str) -> None:
     wanted = os.environ.get(ENV)
     if wanted and name in wanted.split(","):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def failpoint_once(name: str) -> None:
+    """`failpoint`, firing only the first time across processes.
+
+    Fires when ``$MECHPROBE_FAILPOINT`` names ``name`` and the file ``$MECHPROBE_FAILPOINT_ONCE``
+    can still be created (crash tests: a Dask worker dies once; its retried task then runs).
+    """
+    marker = os.environ.get(ONCE_ENV)
+    if not marker or name not in os.environ.get(ENV, "").split(","):
+        return
+    try:
+        with open(marker, "x"):
+            pass
+    except FileExistsError:
+        return
+    failpoint(name)

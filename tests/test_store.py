@@ -19,10 +19,10 @@ from mechprobe.activations import collect_units
 from mechprobe.collect_store import collect_to_store, open_store
 from mechprobe.errors import MechprobeError
 from mechprobe.experiments import probe
+from mechprobe.faults import ONCE_ENV
 from mechprobe.models.registry import model_shape
 from mechprobe.stats.probe import fit_layers
 from mechprobe.store import ActivationStore, fit_store, zarr_store
-from mechprobe.store.fit import ONCE_ENV
 from tests.helpers import REPO, assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.unit

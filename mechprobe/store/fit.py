@@ -25,21 +25,19 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from mechprobe.errors import MechprobeError
-from mechprobe.faults import ENV, failpoint
+from mechprobe.faults import failpoint_once
 from mechprobe.store.zarr_store import ActivationStore
 
 #: The fields of a fit, as `mechprobe.stats.probe.fit_layers` gives them, then the extras.
 FIELDS = ("beta", "intercept", "pvalue", "accuracy", "converged", "separated")
 FLAGS = ("converged", "separated", "fitted")
 #: Crash tests: the file whose creation marks that the ``store:fit`` failpoint fired once.
-ONCE_ENV = "MECHPROBE_FAILPOINT_ONCE"
 
 
 @contextlib.contextmanager
@@ -222,20 +220,3 @@ def fit_block(
                 part["firth_beta"][sep], part["firth_pvalue"][sep] = firth.beta, firth.pvalue
         out.append(part)
     return out
-
-
-def failpoint_once(name: str) -> None:
-    """`mechprobe.faults.failpoint`, firing only the first time across processes.
-
-    Fires when ``$MECHPROBE_FAILPOINT`` names ``name`` and the file ``$MECHPROBE_FAILPOINT_ONCE``
-    can still be created (crash tests: a Dask worker dies once; its retried task then runs).
-    """
-    marker = os.environ.get(ONCE_ENV)
-    if not marker or name not in os.environ.get(ENV, "").split(","):
-        return
-    try:
-        with open(marker, "x"):
-            pass
-    except FileExistsError:
-        return
-    failpoint(name)
