@@ -117,3 +117,18 @@ COURSE_AFF_WORDS = (
     "agree", "always", "allow", "can", "certainly", "could", "definitely", "may", "might",
     "shall", "should",
 )  # fmt: skip
+
+
+def realistic(n: int, m: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Activations with scales 1e-3..1e3, large offsets, mixed effect sizes, ReLU-like units."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.42).astype(np.float64)
+    scale = 10.0 ** rng.uniform(-3, 3, m)
+    offset = rng.normal(0, 3, m) * scale * rng.uniform(0, 30, m)
+    effect = rng.normal(0, 0.6, m)
+    strong = rng.random(m) < 0.1
+    effect[strong] = rng.choice([-1, 1], strong.sum()) * rng.uniform(1.2, 2.5, strong.sum())
+    x = (rng.standard_normal((n, m)) + effect * y[:, None]) * scale + offset
+    relu = rng.random(m) < 0.1
+    x[:, relu] = np.maximum(x[:, relu], np.median(x[:, relu], axis=0))
+    return x, y

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
+from mechprobe.stats import _kernels
 from mechprobe.stats._newton import BLOCK_ELEMENTS, Pending, Rows, UnitFloats, dot, newton
 
 #: Target size in bytes of one chunk's float64 activations on CPU (the per-unit bookkeeping
@@ -203,9 +204,16 @@ def _load(
     stats = torch.empty(7, c, dtype=torch.float64, device=device)
     classes = (slice(0, n1), slice(n1, n)) if 0 < n1 < n else (slice(0, n), slice(0, n))
     block = max(1, BLOCK_ELEMENTS // n) if device.type == "cpu" else c
+    lib = _kernels.library() if device.type == "cpu" else None
     for lo in range(0, c, block):
         hi = min(lo + block, c)
         raw = x[:, lo:hi].index_select(0, order)  # samples-major: min/max down columns
+        if lib is not None:  # the same, fused (mechprobe.stats._kernels)
+            raw = raw.to(device=device, dtype=torch.float64).contiguous()
+            at = stats.data_ptr() + lo * stats.element_size()  # stats[0, lo], rows c apart
+            lib.standardise(_kernels.ptr(raw), n, hi - lo, n1, _kernels.ptr(xs[lo:hi]),
+                            _kernels.ptr(xs32[lo:hi]), at, c)  # fmt: skip
+            continue
         minmax = [f(raw[k], 0) for k in classes for f in (torch.amin, torch.amax)]
         stats[:4, lo:hi] = torch.stack(minmax)
         xb = xs[lo:hi]
@@ -234,6 +242,13 @@ def _correct(xs: Rows, a: UnitFloats, b: UnitFloats, n1: int) -> Int[np.ndarray,
     thr = np.where(b == 0, np.where(a > 0, -np.inf, np.inf), thr)
     thr_t = torch.from_numpy(thr).to(xs)[:, None]
     sign = torch.where(torch.arange(n, device=xs.device) < n1, 1.0, -1.0).to(xs)
+    lib = _kernels.library() if xs.device.type == "cpu" else None
+    if lib is not None:  # the same count, fused (mechprobe.stats._kernels)
+        count = np.empty(r, dtype=np.int64)
+        thr = np.ascontiguousarray(thr, dtype=np.float64)
+        xs = xs.contiguous()
+        lib.count_above(_kernels.ptr(xs), r, n, n1, _kernels.ptr(thr), _kernels.ptr(count))
+        return np.where(b < 0, 2 * n1 - n - count, count)
     block = max(1, BLOCK_ELEMENTS // n) if xs.device.type == "cpu" else r
     ind = torch.empty(min(block, r), n, dtype=xs.dtype, device=xs.device)
     count = np.empty(r)

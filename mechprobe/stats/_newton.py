@@ -7,16 +7,16 @@ estimates into results.
 
 Why hand-written: library solvers fit one model at a time, and at this size their per-fit
 overhead is the whole cost. Measured here (2 cores, 800 samples, warm): statsmodels'
-``Logit(y, add_constant(x[:, j])).fit()`` with its p-value and accuracy takes 0.7 ms a unit
-(14 s for 20,000 units), scikit-learn's ``LogisticRegression(penalty=None,
+``Logit(y, add_constant(x[:, j])).fit()`` with its p-value and accuracy takes 0.7-1.1 ms a
+unit (14-23 s for 20,000 units), scikit-learn's ``LogisticRegression(penalty=None,
 solver="newton-cholesky")`` 1.5-1.8 ms; no library batches many independent logistic fits.
-Written as array operations over all units, the same Newton iterations take 0.17-0.25 s
-for the 20,000 units (``scripts/bench_probe.py``), about 14 ns of CPU time per sample and
-unit: a handful of passes over the data, each a few elementwise torch operations and
-numpy row-wise dot products (0.2-0.4 ns an element each, a float64 sigmoid 1.2 ns) on
-blocks of rows that stay in cache. A single fused loop per unit (numba, tried) was slower,
-10 ns an element for a float64 pass against 4.2 ns here, because its exponential is not
-vectorised. The rest of this module keeps the number of passes down:
+Written as array operations over all units, the same Newton iterations take 0.17-0.25 s for
+the 20,000 units with torch operations on blocks of rows that stay in cache (the code below;
+about 5.4 ns of CPU time per sample and unit for a float64 pass), and well under 0.1 s where
+a C compiler builds the fused kernels of :mod:`mechprobe.stats._kernels` (1.7-2.1 ns), which
+:func:`_sums` and the data preparation in :mod:`mechprobe.stats._chunks` then call instead
+(``scripts/bench_probe.py`` prints both). The rest of this module keeps the number of passes
+down:
 
 * the fit starts from linear discriminant analysis (free from the class means);
 * up to ``F32_PASSES`` float32 passes (a third of the cost of a float64 one) bring each
@@ -33,6 +33,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
+
+from mechprobe.stats import _kernels
 
 #: On CPU, a pass computes its per-sample arrays for blocks of rows of about this many
 #: elements, so that they stay in cache between operations.
@@ -317,8 +319,17 @@ def _sums(xs: Rows, a: UnitFloats, b: UnitFloats, *, third: bool) -> Float[np.nd
     For every row, ``p = sigmoid(a + b xs)``, ``w = p (1 - p)`` and, with ``third``,
     ``v = w (1 - 2 p)`` (the derivative of ``w`` along ``a + b xs``); returns the sums
     ``(p, w, v) . 1``, ``(p, w, v) . xs``, ``(w, v) . xs^2`` and ``v . xs^3`` as the 9
-    columns of a float64 numpy array (those of ``v`` NaN without ``third``).
+    columns of a float64 numpy array (those of ``v`` are NaN or, from the fused float64
+    kernel, computed anyway, without ``third``).
     """
+    lib = _kernels.library() if xs.device.type == "cpu" else None
+    if lib is not None:  # the same sums, fused (mechprobe.stats._kernels)
+        out = np.full((xs.shape[0], 9), np.nan)
+        a, b = np.ascontiguousarray(a, np.float64), np.ascontiguousarray(b, np.float64)
+        kernel = lib.sums64 if xs.dtype == torch.float64 else lib.sums32
+        xs = xs.contiguous()  # (float64 passes give all nine sums, float32 ones five)
+        kernel(_kernels.ptr(xs), *xs.shape, _kernels.ptr(a), _kernels.ptr(b), _kernels.ptr(out))
+        return out
     dev, dt = xs.device, xs.dtype
     r, n = xs.shape
     a_t = torch.from_numpy(a).to(device=dev, dtype=dt)[:, None]
