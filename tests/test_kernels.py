@@ -62,16 +62,24 @@ def test_pass_sums_match_numpy(lib):
     assert np.isnan(got32[:, [2, 5, 7, 8]]).all()  # float32 passes give five sums
 
 
-@pytest.mark.parametrize("n1", [0, 3, 40])
-def test_standardise_matches_numpy(lib, n1):
+@pytest.mark.parametrize(("n", "n1", "c"), [(40, 0, 19), (40, 3, 19), (40, 40, 19), (5000, 9, 37)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_prepare_gathers_and_standardises_like_numpy(lib, n, n1, c, dtype):
     rng = np.random.default_rng(n1)
-    n, c = 40, 11
-    raw = rng.normal(5, 3, (n, c))
-    raw[:, 2] = 7.0  # constant: sd 0, scaled by 1
+    m = c + 6  # a chunk of c units out of c + 6 columns (5000 samples: tiles of 16 units)
+    full = rng.normal(5, 3, (n, m)).astype(dtype)
+    full[:, 4] = 7.0  # constant: sd 0, scaled by 1
+    order = rng.permutation(n).astype(np.int64)
+    raw = full[order, 2 : 2 + c].astype(np.float64)  # what the kernel must read
     xs, xs32 = np.empty((c, n)), np.empty((c, n), dtype=np.float32)
     stats = np.full((7, c + 2), -1.0)  # rows c + 2 apart: the kernel writes columns 0..c-1
-    lib.standardise(raw.ctypes.data, n, c, n1, xs.ctypes.data, xs32.ctypes.data,
-                    stats.ctypes.data, c + 2)  # fmt: skip
+
+    def prepare():
+        kernel = lib.prepare64 if dtype == np.float64 else lib.prepare32
+        kernel(full[:, 2:].ctypes.data, m, order.ctypes.data, n, c, n1, xs.ctypes.data,
+               xs32.ctypes.data, stats.ctypes.data, c + 2)  # fmt: skip
+
+    prepare()
     mean = raw.mean(0)
     sd = np.sqrt(((raw - mean) ** 2).mean(0))
     want = ((raw - mean) / np.where(sd > 0, sd, 1.0)).T
@@ -82,9 +90,8 @@ def test_standardise_matches_numpy(lib, n1):
     assert_allclose(stats[4:6, :c], [mean, sd], rtol=1e-12, atol=1e-15)
     assert_allclose(stats[6, :c], want[:, :n1].sum(1), atol=1e-12)
     assert (stats[:, c:] == -1.0).all()
-    raw[5, 3] = np.nan  # NaN reaches the caller's finiteness check through the minima
-    lib.standardise(raw.ctypes.data, n, c, n1, xs.ctypes.data, xs32.ctypes.data,
-                    stats.ctypes.data, c + 2)  # fmt: skip
+    full[order[5], 2 + 3] = np.nan  # NaN reaches the caller's finiteness check via the minima
+    prepare()
     assert np.isnan(stats[:4, 3]).all() and np.isfinite(stats[:4, 4]).all()
 
 
@@ -118,9 +125,11 @@ def test_solver_gives_the_same_results_with_and_without_kernels(lib, no_kernels)
             assert_allclose(a, b, rtol=1e-11, atol=0, equal_nan=True, err_msg=f.name)
         else:
             assert_array_equal(a, b, err_msg=f.name)
-    # float32 activations and tensors take the same path
+    # float32 activations and tensors take the same path; strided ones are copied first
     t32 = torch.from_numpy(x.astype(np.float32))
     assert_allclose(fit_logistic(t32, y).beta, fit_logistic(t32.numpy(), y).beta, rtol=0)
+    strided = fit_logistic(np.asfortranarray(x), y)
+    assert_allclose(strided.beta, compiled.beta, rtol=0, equal_nan=True)
 
 
 def test_without_a_compiler_the_solver_uses_torch(monkeypatch):

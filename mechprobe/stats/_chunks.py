@@ -202,18 +202,20 @@ def _load(
     xs = torch.empty(c, n, dtype=torch.float64, device=device)
     xs32 = torch.empty(c, n, dtype=torch.float32, device=device)
     stats = torch.empty(7, c, dtype=torch.float64, device=device)
+    lib = _kernels.library() if device.type == "cpu" else None
+    if lib is not None:  # the same, fused (mechprobe.stats._kernels), the chunk in one call
+        if x.dtype not in (torch.float32, torch.float64) or x.device != device or x.stride(1) != 1:
+            x = x.to(device=device, dtype=torch.float64).contiguous()
+        prepare = lib.prepare64 if x.dtype == torch.float64 else lib.prepare32
+        order = order.to(device=device, dtype=torch.int64).contiguous()
+        prepare(x.data_ptr(), x.stride(0), _kernels.ptr(order), n, c, n1, _kernels.ptr(xs),
+                _kernels.ptr(xs32), _kernels.ptr(stats), c)  # fmt: skip
+        return xs, xs32, stats.numpy()
     classes = (slice(0, n1), slice(n1, n)) if 0 < n1 < n else (slice(0, n), slice(0, n))
     block = max(1, BLOCK_ELEMENTS // n) if device.type == "cpu" else c
-    lib = _kernels.library() if device.type == "cpu" else None
     for lo in range(0, c, block):
         hi = min(lo + block, c)
         raw = x[:, lo:hi].index_select(0, order)  # samples-major: min/max down columns
-        if lib is not None:  # the same, fused (mechprobe.stats._kernels)
-            raw = raw.to(device=device, dtype=torch.float64).contiguous()
-            at = stats.data_ptr() + lo * stats.element_size()  # stats[0, lo], rows c apart
-            lib.standardise(_kernels.ptr(raw), n, hi - lo, n1, _kernels.ptr(xs[lo:hi]),
-                            _kernels.ptr(xs32[lo:hi]), at, c)  # fmt: skip
-            continue
         minmax = [f(raw[k], 0) for k in classes for f in (torch.amin, torch.amax)]
         stats[:4, lo:hi] = torch.stack(minmax)
         xb = xs[lo:hi]

@@ -63,24 +63,18 @@ void sums32(const float *xs, ptrdiff_t rows, ptrdiff_t n, const double *a, const
     }
 }
 
-/* Standardise a block of c units (see _chunks._load). raw is [n, c], samples-major, the n1
- * positives first. Writes the rows xs[j] = (x - mean) / sd (sd = 1 where it is 0 or not
- * finite) in float64 and float32, and stats[k * stride + j] for k = min and max among the
- * positives, min and max among the negatives (both over all samples unless 0 < n1 < n),
- * mean, sd (root mean square about the mean) and sum of xs over the positives. A NaN in a
- * column makes its minima and maxima NaN, an infinity one of them infinite. */
-void standardise(const double *raw, ptrdiff_t n, ptrdiff_t c, ptrdiff_t n1, double *xs,
-                 float *xs32, double *stats, ptrdiff_t stride)
+/* Standardise the rows j0 .. j0 + width - 1 of xs in place (see _chunks._load): each becomes
+ * (x - mean) / sd (sd = 1 where it is 0 or not finite), also written in float32, and
+ * stats[k * stride + j] gets, for k = 0..6: min and max among the first n1 samples (the
+ * positives), min and max among the others (both over all samples unless 0 < n1 < n), mean,
+ * sd (root mean square about the mean) and the sum of the standardised positives. A NaN makes
+ * the row's minima and maxima NaN, an infinity one of them infinite. */
+static void standardise(double *xs, float *xs32, ptrdiff_t n, ptrdiff_t n1, ptrdiff_t j0,
+                        ptrdiff_t width, double *stats, ptrdiff_t stride)
 {
     const int two = 0 < n1 && n1 < n;
     const ptrdiff_t end1 = two ? n1 : n, start0 = two ? n1 : 0;
-    for (ptrdiff_t j0 = 0; j0 < c; j0 += 8) { /* transpose 8 columns: a cache line a sample */
-        const ptrdiff_t width = c - j0 < 8 ? c - j0 : 8;
-        for (ptrdiff_t i = 0; i < n; i++)
-            for (ptrdiff_t k = 0; k < width; k++)
-                xs[(j0 + k) * n + i] = raw[i * c + j0 + k];
-    }
-    for (ptrdiff_t j = 0; j < c; j++) {
+    for (ptrdiff_t j = j0; j < j0 + width; j++) {
         double *x = xs + j * n;
         float *x32 = xs32 + j * n;
         double sum = 0, ss = 0, syx = 0;
@@ -94,7 +88,7 @@ void standardise(const double *raw, ptrdiff_t n, ptrdiff_t c, ptrdiff_t n1, doub
 #pragma omp simd reduction(+ : sum)
         for (ptrdiff_t i = 0; i < n; i++)
             sum += x[i];
-        if (isnan(sum)) /* the minima and maxima skip NaN: make the caller's finiteness check see it */
+        if (isnan(sum)) /* the minima and maxima skip NaN: make the caller's check see it */
             min1 = max1 = min0 = max0 = NAN;
         const double mean = sum / (double)n;
 #pragma omp simd reduction(+ : ss)
@@ -112,6 +106,44 @@ void standardise(const double *raw, ptrdiff_t n, ptrdiff_t c, ptrdiff_t n1, doub
         double *s = stats + j;
         s[0] = min1, s[stride] = max1, s[2 * stride] = min0, s[3 * stride] = max0;
         s[4 * stride] = mean, s[5 * stride] = sd, s[6 * stride] = syx;
+    }
+}
+
+/* The rows of a chunk of c units, standardised: xs[j][i] is x[order[i] * ld + j] (samples
+ * in the given order, the positives first), then `standardise`. Done a tile of units at a
+ * time (about 512 KB of rows), so that its rows are still in cache when they are
+ * standardised and each row of x is read a few cache lines at once. */
+static ptrdiff_t tile_of(ptrdiff_t n)
+{
+    const ptrdiff_t t = 65536 / (n > 0 ? n : 1);
+    return t < 16 ? 16 : t > 256 ? 256 : t;
+}
+
+void prepare64(const double *x, ptrdiff_t ld, const long long *order, ptrdiff_t n,
+               ptrdiff_t c, ptrdiff_t n1, double *xs, float *xs32, double *stats,
+               ptrdiff_t stride)
+{
+    const ptrdiff_t tile = tile_of(n);
+    for (ptrdiff_t j0 = 0; j0 < c; j0 += tile) {
+        const ptrdiff_t width = c - j0 < tile ? c - j0 : tile;
+        for (ptrdiff_t i = 0; i < n; i++)
+            for (ptrdiff_t k = 0; k < width; k++)
+                xs[(j0 + k) * n + i] = x[order[i] * ld + j0 + k];
+        standardise(xs, xs32, n, n1, j0, width, stats, stride);
+    }
+}
+
+void prepare32(const float *x, ptrdiff_t ld, const long long *order, ptrdiff_t n,
+               ptrdiff_t c, ptrdiff_t n1, double *xs, float *xs32, double *stats,
+               ptrdiff_t stride)
+{
+    const ptrdiff_t tile = tile_of(n);
+    for (ptrdiff_t j0 = 0; j0 < c; j0 += tile) {
+        const ptrdiff_t width = c - j0 < tile ? c - j0 : tile;
+        for (ptrdiff_t i = 0; i < n; i++)
+            for (ptrdiff_t k = 0; k < width; k++)
+                xs[(j0 + k) * n + i] = x[order[i] * ld + j0 + k];
+        standardise(xs, xs32, n, n1, j0, width, stats, stride);
     }
 }
 

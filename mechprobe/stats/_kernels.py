@@ -56,7 +56,8 @@ _P, _N = ctypes.c_void_p, ctypes.c_ssize_t
 _SIGNATURES = {
     "sums64": [_P, _N, _N, _P, _P, _P],
     "sums32": [_P, _N, _N, _P, _P, _P],
-    "standardise": [_P, _N, _N, _N, _P, _P, _P, _N],
+    "prepare64": [_P, _N, _P, _N, _N, _N, _P, _P, _P, _N],
+    "prepare32": [_P, _N, _P, _N, _N, _N, _P, _P, _P, _N],
     "count_above": [_P, _N, _N, _N, _P, _P],
 }
 
