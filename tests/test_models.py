@@ -88,6 +88,22 @@ def test_bad_local_directory_is_one_line_error(tmp_path):
 
 
 @pytest.mark.unit
+def test_a_mistyped_path_or_name_says_so(monkeypatch, tmp_path):
+    missing = str(tmp_path / "my-model")
+    msg = one_line_error(load_model, missing)
+    assert f"cannot load model {missing!r}: no such directory" in msg and "hub" not in msg
+    (tmp_path / "weights.txt").write_text("x")
+    assert "is a file, not a model directory" in one_line_error(
+        load_model, str(tmp_path / "weights.txt")
+    )
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("mechprobe.models.sources.hub_reachable", lambda timeout=3.0: False)
+    msg = one_line_error(load_model, "smollm2")
+    assert "did you mean 'smollm2-135m'?" in msg and "`mechprobe models` lists them" in msg
+    assert "did you mean" not in one_line_error(load_model, "someone/some-model")
+
+
+@pytest.mark.unit
 def test_models_command_lists_names_and_shapes():
     code, out, _ = run_cli("models")
     assert code == 0

@@ -264,6 +264,43 @@ def test_figures_plot_the_summary_without_swapping_groups(neg_run):
     assert np.asarray(heat.z).shape == (20, 16)
 
 
+def test_finding_caveat_and_key_follow_the_summary(neg_run):
+    """The word-identity caveat appears iff every family's selectivity at its held-out peak is
+    within the binomial half-width of 0; without held-out numbers the key says in-sample."""
+    import copy
+
+    from mechprobe.experiments.result import ExperimentResult
+
+    def finding_of(summary):
+        return e1.finding(ExperimentResult(neg_run.name, neg_run.arrays, summary))
+
+    s = neg_run.summary
+    half = 1.96 * (0.25 / sum(s["n_samples"].values())) ** 0.5
+    rows = s["per_layer"]
+    peaks = {}
+    for fam in s["components"]:
+        held = [r[fam]["mean_heldout_accuracy"] for r in rows]
+        peaks[fam] = int(np.nanargmax(held))
+    small = all(abs(rows[i][fam]["selectivity"]) <= half for fam, i in peaks.items())
+    f = finding_of(s)
+    assert ("caveat: the selectivity is within" in f.this_run) == small
+    assert f.key.startswith("Q|K|V held-out accuracy peak ")
+    tiny, large = copy.deepcopy(s), copy.deepcopy(s)
+    for fam, i in peaks.items():
+        tiny["per_layer"][i][fam]["selectivity"] = 0.0
+        large["per_layer"][i][fam]["selectivity"] = half + 0.01
+    assert f"caveat: the selectivity is within +-{half:.3f} of 0" in finding_of(tiny).this_run
+    assert "caveat" not in finding_of(large).this_run
+    in_sample = copy.deepcopy(s)  # as a --store run writes it: no held-out statistics
+    for row in in_sample["per_layer"]:
+        for fam in s["components"]:
+            for k in [k for k in row[fam] if "heldout" in k or k == "selectivity"]:
+                del row[fam][k]
+    f = finding_of(in_sample)
+    peak = max(r["qkv"]["mean_accuracy"] for r in in_sample["per_layer"])
+    assert f.key == f"Q|K|V in-sample accuracy peak {peak:.2f}" and "caveat" not in f.this_run
+
+
 # ------------------------------------------------------------------- CLI
 
 

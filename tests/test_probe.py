@@ -172,3 +172,20 @@ def test_probe_cli_and_bad_class_files(tmp_path, tiny_cli, shared_text):
     code, _, err = run_cli("probe", "--model", "tiny-gpt2", "--out", str(tmp_path / "o"),
                            "--folds", "1", "--components", "qkv,nope")  # fmt: skip
     assert_one_line_error(code, err, "--folds", "--components")
+
+
+@pytest.mark.unit
+def test_laminar_marks_the_chance_of_an_unbalanced_probe():
+    from mechprobe.experiments.probe_report import chance_of
+    from mechprobe.plots.probe import laminar_figure
+
+    curves = {"mlp": {"mean_accuracy": [0.9, 0.88], "mean_heldout_accuracy": [0.88, 0.87]}}
+    fig = laminar_figure([0, 1], curves, chance=2288 / 2595)
+    assert [round(sh.y0, 3) for sh in fig.layout.shapes] == [0.882, 0.882]
+    assert [a.text for a in fig.layout.annotations].count("chance (majority class)") == 2
+    fig = laminar_figure([0, 1], curves)  # balanced: the 0.5 line, unlabelled
+    assert [sh.y0 for sh in fig.layout.shapes] == [0.5, 0.5]
+    assert "chance (majority class)" not in [a.text for a in fig.layout.annotations]
+    two = {"classes": ["present", "past"], "chance_accuracy": 2288 / 2595}
+    assert chance_of(two) == 2288 / 2595
+    assert chance_of({**two, "classes": ["a", "b", "c"]}) == 0.5  # one-vs-rest contrasts differ

@@ -307,8 +307,9 @@ FIGURES = (
         "Per layer and family (Q/K/V left, the others right): the percentage of significant "
         "units (top; dotted: the same with shuffled labels, the false-positive level), the mean "
         "held-out accuracy of all units (middle; dotted: the control task, grey: the token "
-        "embedding alone) and the selectivity, held-out minus control accuracy (bottom): "
-        "separability that the control task matches is word identity, not the classes.",
+        "embedding alone, thin line: chance, the majority class's share) and the selectivity, "
+        "held-out minus control accuracy (bottom): separability that the control task matches "
+        "is word identity, not the classes.",
     ),
     Figure(
         "volcano",

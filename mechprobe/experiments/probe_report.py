@@ -16,7 +16,7 @@ from mechprobe.experiments.spec import Finding, verdict_of
 
 #: The course's claim for the negation preset holds in a family when at least this share of its
 #: units is significant in more than half of the layers, and their held-out accuracy is above
-#: chance by more than its binomial 95% half-width there.
+#: chance (the majority class's share) by more than its binomial 95% half-width there.
 SIGNIFICANT_SHARE = 10.0
 
 
@@ -39,6 +39,33 @@ LABELS = {
 }
 
 
+def chance_of(summary: dict[str, Any]) -> float:
+    """Chance accuracy of a two-class probe (its majority class's share); 0.5 for one-vs-rest.
+
+    Example:
+        >>> chance_of({"classes": ["a", "b"], "chance_accuracy": 0.8})
+        0.8
+    """
+    if len(summary.get("classes", ())) == 2:
+        return float(summary.get("chance_accuracy", 0.5))
+    return 0.5
+
+
+def text_of(data: dict[str, Any]) -> str:
+    """The text a probe read, saying so when the built-in sample replaced a failed download.
+
+    Example:
+        >>> text_of({"source": "gutenberg:32154", "origin": "mechprobe/data/s.txt",
+        ...          "fallback": True})
+        'the built-in sample text mechprobe/data/s.txt (gutenberg:32154 could not be downloaded)'
+    """
+    if data.get("fallback"):
+        return (
+            f"the built-in sample text {data['origin']} ({data['source']} could not be downloaded)"
+        )
+    return str(data.get("source", data.get("labels")))
+
+
 def probe_finding(result: ExperimentResult, claim: str | None) -> Finding:
     """The finding of a probe; with ``claim`` (the negation preset) the course's verdict.
 
@@ -47,13 +74,18 @@ def probe_finding(result: ExperimentResult, claim: str | None) -> Finding:
     label-shuffle baseline, and the token embedding's held-out accuracy (the lexical baseline).
     The course's claim holds in a family when at least `SIGNIFICANT_SHARE` % of its units are
     significant in more than half of the layers and, in most of those layers, the significant
-    units' held-out accuracy exceeds 0.5 by more than the binomial 95% half-width
-    ``1.96 * sqrt(0.25 / n)``; it holds when so in every family, partly in some.
+    units' held-out accuracy exceeds chance (`chance_of`: the majority class's share) by more
+    than the binomial 95% half-width ``1.96 * sqrt(0.25 / n)``; it holds when so in every
+    family, partly in some. The verdict is on the claim as the course states it; when the
+    selectivity at every family's peak is within that half-width of 0, the text adds that the
+    accuracies show word identity (the control task, a random labelling of the words, is
+    decoded as well), not class tuning.
     """
     s = result.summary
     n = sum(s["n_samples"].values())
     half = 1.96 * (0.25 / n) ** 0.5
-    rows, parts, holds = s["per_layer"], [], []
+    chance = chance_of(s)
+    rows, parts, holds, selectivities = s["per_layer"], [], [], []
     for fam, key in _family_keys(s):
         pct = np.array([r[key]["percent_significant"] for r in rows])
         many = pct >= SIGNIFICANT_SHARE
@@ -64,10 +96,11 @@ def probe_finding(result: ExperimentResult, claim: str | None) -> Finding:
         if "mean_heldout_accuracy" in rows[0][key]:
             held = np.array([r[key]["mean_heldout_accuracy"] for r in rows])
             sig_held = np.array([r[key].get("mean_heldout_accuracy_sig", np.nan) for r in rows])
-            general = many & (np.nan_to_num(sig_held, nan=0.0) > 0.5 + half)
+            general = many & (np.nan_to_num(sig_held, nan=0.0) > chance + half)
             holds.append(many.sum() > len(rows) / 2 and general.sum() > many.sum() / 2)
             i = int(np.nanargmax(held))
             sel = rows[i][key].get("selectivity")
+            selectivities.append(sel)
             shuffled = rows[i][key].get("percent_significant_shuffled")
             text += (
                 f"; held-out accuracy of all units peaks at {held[i]:.2f} at layer "
@@ -85,6 +118,12 @@ def probe_finding(result: ExperimentResult, claim: str | None) -> Finding:
             f"the token embedding alone: held-out accuracy {lex['mean_heldout_accuracy']:.2f} "
             f"(mean), {lex['max_heldout_accuracy']:.2f} (best unit)"
         )
+    if selectivities and all(v is not None and abs(v) <= half for v in selectivities):
+        parts.append(
+            f"caveat: the selectivity is within +-{half:.3f} of 0 in every family, so a random "
+            "labelling of the same words (the control task) is decoded as well: these "
+            "accuracies show the words' identity, not tuning to the classes as such"
+        )
     counts = ", ".join(f"{v} {k}" for k, v in s["n_samples"].items())
     this_run = f"{counts}. " + "; ".join(parts) + "."
     sample = (
@@ -93,13 +132,17 @@ def probe_finding(result: ExperimentResult, claim: str | None) -> Finding:
         if s["folds"]
         else f"{n} samples, in-sample tests only"
     )
+    if s["data"].get("fallback"):
+        sample = f"{text_of(s['data'])}; {sample}"
     fam, key = _family_keys(s)[0]
-    peak = max(r[key].get("mean_heldout_accuracy", r[key]["mean_accuracy"]) for r in rows)
+    held_out = "mean_heldout_accuracy" in rows[0][key]  # not in --store runs (in-sample only)
+    peak = max(r[key]["mean_heldout_accuracy" if held_out else "mean_accuracy"] for r in rows)
+    kind = "held-out" if held_out else "in-sample"
     return Finding(
         claim=claim or "(no course claim: a probe of the classes given)",
         this_run=this_run,
         verdict=verdict_of(all(holds), partly=any(holds)) if claim else "not tested",
-        key=f"{LABELS.get(fam, fam)} held-out accuracy peak {peak:.2f}",
+        key=f"{LABELS.get(fam, fam)} {kind} accuracy peak {peak:.2f}",
         sample=sample,
     )
 
@@ -114,10 +157,11 @@ def probe_table(result: ExperimentResult) -> str:
     d = s["data"]
     head = ", ".join(f"{v} {k}" for k, v in s["n_samples"].items())
     lines = [
-        f"data {d.get('source', d.get('labels'))} ({d.get('classes', 'labelled positions')}), "
+        f"data {text_of(d)} ({d.get('classes', 'labelled positions')}), "
         f"{s['n_tokens']} tokens; samples: {head}",
-        f"{s['correction']}, alpha {s['alpha']:g}, method {s['method']}; columns per family: % "
-        "significant (shuffled labels), held-out accuracy, control accuracy, selectivity",
+        f"{s['correction']}, alpha {s['alpha']:g}, method {s['method']}; chance accuracy "
+        f"{chance_of(s):.3f}; columns per family: % significant (shuffled labels), held-out "
+        "accuracy, control accuracy, selectivity",
     ]
     keys = _family_keys(s)
     lines.append("layer " + "".join(f"| {LABELS.get(f, f):^31}" for f, _ in keys))

@@ -42,8 +42,8 @@ __all__ = [
 TINY_GPT2_SEED = 0
 TINY_GPT2_CONFIG = {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 256}
 OFFLINE_HINT = (
-    "offline alternatives: a local directory holding a HuggingFace model, smollm2-135m or "
-    "gemma3-270m"
+    "offline alternatives: a local directory holding a HuggingFace model, smollm2-135m, "
+    "gemma3-270m or tiny-gpt2 (`mechprobe models` lists them)"
 )
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 GGUF_MODELS = {"smollm2-135m": smollm2_dir, "gemma3-270m": gemma3_dir}
@@ -232,7 +232,15 @@ def pretrained(name_or_path: str) -> tuple[Any, Any]:
     """
     from safetensors import SafetensorError
 
-    if Path(name_or_path).is_dir():
+    path = Path(name_or_path).expanduser()
+    if name_or_path.startswith((".", "/", "~")) and not path.is_dir():  # a path, not a hub id
+        what = "is a file, not a model directory" if path.exists() else "no such directory"
+        raise MechprobeError(
+            f"cannot load model {name_or_path!r}: {what} (a local model is a directory holding "
+            "a HuggingFace model's config and *.safetensors weights)"
+        )
+    if path.is_dir():
+        name_or_path = str(path)
         check_local_dir(name_or_path)
         try:
             return _from_pretrained(name_or_path, use_safetensors=True)
@@ -247,7 +255,8 @@ def pretrained(name_or_path: str) -> tuple[Any, Any]:
     if not hub_reachable():
         raise MechprobeError(
             f"cannot load model {name_or_path!r}: it is not in the local HF cache and the "
-            f"HuggingFace hub cannot be reached (no network); {OFFLINE_HINT}"
+            f"HuggingFace hub cannot be reached (no network); {_did_you_mean(name_or_path)}"
+            f"{OFFLINE_HINT}"
         )
     try:
         return _from_pretrained(name_or_path)
@@ -256,6 +265,19 @@ def pretrained(name_or_path: str) -> tuple[Any, Any]:
             f"cannot load model {name_or_path!r} from the HuggingFace hub ({_first_line(exc)}); "
             f"{OFFLINE_HINT}"
         ) from exc
+
+
+def _did_you_mean(name: str) -> str:
+    """``"did you mean 'smollm2-135m'? "`` for a near miss of a known model name, else ``""``."""
+    import difflib
+
+    from mechprobe.models.registry import KNOWN_MODELS
+
+    names = sorted({*KNOWN_MODELS, *GGUF_MODELS, "tiny-gpt2"})
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.75)
+    if not close:
+        close = [n for n in names if n.startswith(name)][:1]
+    return f"did you mean {close[0]!r}? " if close else ""
 
 
 def hf_pair(name: str) -> tuple[Any, Any]:

@@ -14,6 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from mechprobe.experiments.probe_report import chance_of
 from mechprobe.plots.theme import COLOURS, TEMPLATE, show_token
 
 FAMILY_COLOURS = {g: COLOURS[g] for g in COLOURS if g in ("qkv", "q", "k", "v", "mlp")}
@@ -52,12 +53,13 @@ def laminar_figure(
     curves: Mapping[str, Mapping[str, Sequence[float]]],
     lexical: Mapping[str, float] | None = None,
     title: str = "",
+    chance: float = 0.5,
 ) -> go.Figure:
     """The laminar profile: one row per curve, Q/K/V groups left, the other families right.
 
     Rows without data are left out (no held-out row without folds, no selectivity without the
     control task); the lexical baseline (the token embedding's held-out accuracy) is a grey
-    line in the held-out row.
+    line in the held-out row, chance a thin line in the accuracy rows.
 
     Args:
         layers: Layer indices (x axis).
@@ -65,6 +67,7 @@ def laminar_figure(
             ``:class`` for one-vs-rest contrasts), curves the keys of `ROWS`.
         lexical: The lexical baseline's numbers (``mean_heldout_accuracy``).
         title: Figure title.
+        chance: The accuracy of always answering the majority class (labelled unless 0.5).
 
     Example:
         >>> fig = laminar_figure([0, 1], {"mlp": {"percent_significant": [1, 2]}})
@@ -120,7 +123,9 @@ def laminar_figure(
                     col=col,
                 )
             if key in ("mean_heldout_accuracy", "mean_accuracy"):
-                fig.add_hline(y=0.5, line={"color": "#bbb", "width": 1}, row=row, col=col)
+                note = {} if chance == 0.5 else {"annotation_text": "chance (majority class)"}
+                grey = {"color": "#bbb", "width": 1}
+                fig.add_hline(y=chance, line=grey, row=row, col=col, **note)
             if key == "selectivity":
                 fig.add_hline(y=0.0, line={"color": "#bbb", "width": 1}, row=row, col=col)
         fig.update_xaxes(title_text="layer", row=len(rows), col=col)
@@ -349,6 +354,7 @@ def figures(result: Any) -> dict[str, go.Figure | None]:
             s.get("lexical_baseline"),
             title=f"Separability per layer<br><sup>n = {counts}; {rule}, alpha {s['alpha']:g}; "
             f"held-out: {s['folds']} grouped folds</sup>",
+            chance=chance_of(s),
         )
     }
     detail = s["detail_layer"]
