@@ -8,7 +8,7 @@ import pytest
 
 from mechprobe.experiments import default_steps, registry
 from mechprobe.report.markdown import verdicts_in_markdown
-from tests.helpers import REPO, render, run_cli
+from tests.helpers import REPO, assert_one_line_error, render, run_cli
 
 
 @pytest.mark.unit
@@ -46,6 +46,19 @@ def test_sweep_checks_every_model_before_running(tmp_path, tiny_cli):
     assert code == 2  # --layer is no sweep option: argparse refuses it in one line
     code, _, err = run_cli("sweep", "--models", "", "--out", str(tmp_path))
     assert code == 2 and "--models" in err
+    missing = str(tmp_path / "my-model")
+    code, _, err = run_cli("sweep", "--models", f"tiny-gpt2,{missing}", "--out", str(tmp_path))
+    assert_one_line_error(code, err, f"--models: {missing}: no such directory")
+    assert not (tmp_path / "tiny-gpt2").exists()  # refused before anything ran
+
+
+@pytest.mark.unit
+def test_a_mistyped_model_name_is_skipped_with_a_suggestion(monkeypatch):
+    from mechprobe.models.availability import unavailable
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert unavailable("tiny-gpt3").endswith("HuggingFace cache (did you mean 'tiny-gpt2'?)")
+    assert unavailable("./no/such/model") == "./no/such/model: no such directory"
 
 
 @pytest.fixture(scope="session")

@@ -43,16 +43,19 @@ def unavailable(name: str) -> str | None:
         except MechprobeError as exc:
             return str(exc)
         return None
+    from mechprobe.models.sources import did_you_mean, hub_reachable, missing_path
+
+    if missing_path(name):
+        return f"{name}: {missing_path(name)}"
     if Path(name).is_dir():
         return None
     repo = known.hub_id if known and known.hub_id else name
     if _in_hub_cache(repo):
         return None
-    from mechprobe.models.sources import hub_reachable
-
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"} or not hub_reachable():
+        hint = did_you_mean(name).strip()
         return (
             f"{name} needs the HuggingFace hub: no network here and it is not in the local "
-            "HuggingFace cache"
+            "HuggingFace cache" + (f" ({hint})" if hint else "")
         )
     return None

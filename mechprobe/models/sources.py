@@ -233,10 +233,10 @@ def pretrained(name_or_path: str) -> tuple[Any, Any]:
     from safetensors import SafetensorError
 
     path = Path(name_or_path).expanduser()
-    if name_or_path.startswith((".", "/", "~")) and not path.is_dir():  # a path, not a hub id
-        what = "is a file, not a model directory" if path.exists() else "no such directory"
+    why = missing_path(name_or_path)
+    if why is not None:
         raise MechprobeError(
-            f"cannot load model {name_or_path!r}: {what} (a local model is a directory holding "
+            f"cannot load model {name_or_path!r}: {why} (a local model is a directory holding "
             "a HuggingFace model's config and *.safetensors weights)"
         )
     if path.is_dir():
@@ -255,7 +255,7 @@ def pretrained(name_or_path: str) -> tuple[Any, Any]:
     if not hub_reachable():
         raise MechprobeError(
             f"cannot load model {name_or_path!r}: it is not in the local HF cache and the "
-            f"HuggingFace hub cannot be reached (no network); {_did_you_mean(name_or_path)}"
+            f"HuggingFace hub cannot be reached (no network); {did_you_mean(name_or_path)}"
             f"{OFFLINE_HINT}"
         )
     try:
@@ -267,13 +267,35 @@ def pretrained(name_or_path: str) -> tuple[Any, Any]:
         ) from exc
 
 
-def _did_you_mean(name: str) -> str:
-    """``"did you mean 'smollm2-135m'? "`` for a near miss of a known model name, else ``""``."""
+def missing_path(name: str) -> str | None:
+    """Why ``name``, written as a path (``./x``, ``/x``, ``~/x``), names no model directory.
+
+    Example:
+        >>> missing_path("./no/such/model"), missing_path("gpt2")
+        ('no such directory', None)
+    """
+    if not name.startswith((".", "/", "~")):
+        return None  # a model name or hub id
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return None
+    return "is a file, not a model directory" if path.exists() else "no such directory"
+
+
+def did_you_mean(name: str) -> str:
+    """``"did you mean 'smollm2-135m'? "`` for a near miss of a known model name, else ``""``.
+
+    Example:
+        >>> did_you_mean("smollm2"), did_you_mean("someone/some-model")
+        ("did you mean 'smollm2-135m'? ", '')
+    """
     import difflib
 
     from mechprobe.models.registry import KNOWN_MODELS
 
     names = sorted({*KNOWN_MODELS, *GGUF_MODELS, "tiny-gpt2"})
+    if name in names:
+        return ""
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.75)
     if not close:
         close = [n for n in names if n.startswith(name)][:1]

@@ -83,6 +83,11 @@ def sweep(
 
     if len(set(models)) != len(models) or not models:
         raise MechprobeError(f"give each model once, at least one: got {', '.join(models)}")
+    from mechprobe.models.sources import missing_path
+
+    for model in models:  # a mistyped path is bad input, not a model to skip
+        if missing_path(model):
+            raise MechprobeError(f"--models: {model}: {missing_path(model)}")
     outcome = SweepOutcome()
     for i, model in enumerate(models, 1):
         reason = unavailable(model)
