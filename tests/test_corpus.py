@@ -228,3 +228,23 @@ def test_env_variable_names_default_text(tmp_path, monkeypatch):
     src = load_text(None)
     assert src.text == "from the environment" and src.source == str(path)
     assert load_text(str(path)).sha256 == src.sha256
+
+
+@pytest.mark.unit
+def test_a_failed_default_download_falls_back_once_per_run(monkeypatch, capsys):
+    calls = []
+
+    def fail(url, **kwargs):
+        calls.append(url)
+        raise MechprobeError(f"could not download {url}: no network")
+
+    monkeypatch.delenv(corpus_text.TEXT_ENV, raising=False)
+    monkeypatch.setattr(corpus_text, "cached_download", fail)
+    monkeypatch.setattr(corpus_text, "_FELL_BACK", {})
+    first, second = load_text(), load_text()
+    assert first.fallback and second.fallback and first.sha256 == second.sha256
+    assert first.origin == "mechprobe/data/sample_negation.txt"
+    assert len(calls) == 1  # the second call neither retries nor warns again
+    assert capsys.readouterr().err.count("falling back to the built-in sample text") == 1
+    with pytest.raises(MechprobeError, match="could not download"):
+        load_text("gutenberg:32154")  # a source given explicitly never falls back

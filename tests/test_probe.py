@@ -169,6 +169,7 @@ def test_probe_cli_and_bad_class_files(tmp_path, tiny_cli, shared_text):
     code, _, err = run_cli("probe", "--model", "tiny-gpt2", "--out", str(tmp_path / "o"),
                            "--classes", str(bad), "--text", str(shared_text))  # fmt: skip
     assert_one_line_error(code, err, "bad.toml", "2")
+    assert "[load]" not in err  # the class file is checked before the model loads
     code, _, err = run_cli("probe", "--model", "tiny-gpt2", "--out", str(tmp_path / "o"),
                            "--folds", "1", "--components", "qkv,nope")  # fmt: skip
     assert_one_line_error(code, err, "--folds", "--components")

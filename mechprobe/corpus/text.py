@@ -29,6 +29,9 @@ from mechprobe.errors import MechprobeError
 DEFAULT_TEXT_SOURCE = "gutenberg:32154"
 #: Environment variable naming a local text file used when no source is given.
 TEXT_ENV = "MECHPROBE_TEXT"
+#: Default downloads that failed in this process (url -> why): the fallback is used again
+#: without another try or warning, so that one run warns once.
+_FELL_BACK: dict[str, str] = {}
 #: Shipped fallback text (original prose) used when the default download fails.
 FALLBACK_TEXT = "sample_negation.txt"
 GUTENBERG_URL = "https://www.gutenberg.org/cache/epub/{id}/pg{id}.txt"
@@ -162,16 +165,21 @@ def load_text(
 
     assert url is not None
     try:
+        if may_fall_back and url in _FELL_BACK:
+            raise MechprobeError(_FELL_BACK[url])  # warned once; not tried again this run
         dest = cached_download(url, timeout=timeout, max_bytes=max_bytes)
     except MechprobeError as exc:
         if not may_fall_back:
             raise
         from mechprobe.data import read_data_text
 
-        sys.stderr.write(
-            f"WARNING: {exc}; falling back to the built-in sample text {FALLBACK_TEXT} "
-            "(original prose, NOT The Variable Man) -- results will differ from the course's\n"
-        )
+        if url not in _FELL_BACK:
+            _FELL_BACK[url] = str(exc)
+            sys.stderr.write(
+                f"WARNING: {exc}; falling back to the built-in sample text {FALLBACK_TEXT} "
+                "(original prose, NOT The Variable Man) -- results will differ from the "
+                "course's\n"
+            )
         data = read_data_text(FALLBACK_TEXT).encode("utf-8")
         return _from_bytes(data, source, f"mechprobe/data/{FALLBACK_TEXT}", fallback=True)
     return _from_bytes(dest.read_bytes(), source, str(dest))

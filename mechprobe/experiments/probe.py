@@ -236,11 +236,15 @@ def _check_store(p: Problems, config: ProbeConfig) -> None:
 
 
 def inputs(config: ProbeConfig) -> dict[str, str]:
-    """The sha256 of the data read: the labels file, or the text and the class file."""
+    """The sha256 of the data read: the labels file, or the text and the class file (checked)."""
     from mechprobe.corpus.text import load_text, text_source
 
     if config.labels:
         return {"labels": _file_sha256(config.labels)}
+    if config.classes:
+        from mechprobe.corpus.classes import load_classes
+
+        load_classes(config.classes)  # a bad class file is refused before the model loads
     out = {"text": load_text(config.text, max_bytes=int(config.max_download_mb * 2**20)).sha256}
     out["classes"] = (
         _file_sha256(config.classes) if config.classes else text_source(_preset_text()).sha256
