@@ -60,6 +60,35 @@ def qk_means_figure(
     return fig
 
 
+def merged_labels(x: np.ndarray, y: np.ndarray, near: float = 0.04) -> list[str]:
+    """Head labels for a scatter; labels of points that nearly coincide are joined ("7, 8").
+
+    A point closer than ``near`` of each axis's span to any point of a group joins the group
+    (so a row of close points is one group); the group's label goes on its first point, so
+    that the labels do not print over each other.
+
+    Example:
+        >>> merged_labels(np.array([0.0, 0.5, 0.53, 0.56, 1.0]), np.array([0.0, 1, 1, 1, 0]))
+        ['0', '1, 2, 3', '', '', '4']
+    """
+    span = [float(np.ptp(v)) or 1.0 for v in (x, y)]
+    groups: list[list[int]] = []
+    for i in range(len(x)):
+        for group in groups:
+            if any(
+                abs(x[i] - x[j]) < near * span[0] and abs(y[i] - y[j]) < near * span[1]
+                for j in group
+            ):
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    labels = [""] * len(x)
+    for group in groups:
+        labels[group[0]] = ", ".join(str(i) for i in group)
+    return labels
+
+
 def qk_scatter_figure(
     q_mean: np.ndarray, k_mean: np.ndarray, q_std: np.ndarray, k_std: np.ndarray, title: str = ""
 ) -> go.Figure:
@@ -69,15 +98,16 @@ def qk_scatter_figure(
         >>> fig = qk_scatter_figure(np.zeros(4), np.zeros(4), np.ones(4), np.ones(4))
     """
     fig = make_subplots(rows=1, cols=2, subplot_titles=("means", "standard deviations"))
-    labels = [str(h) for h in range(len(q_mean))]
     for col, (x, y) in enumerate(((q_mean, k_mean), (q_std, k_std)), start=1):
+        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
         fig.add_trace(
             go.Scatter(
                 x=x,
                 y=y,
                 mode="markers+text",
-                text=labels,
+                text=merged_labels(x, y),
                 textposition="top center",
+                hovertext=[f"head {h}" for h in range(len(x))],
                 marker={"size": 10, "color": SAME_COLOR},
                 showlegend=False,
             ),
@@ -85,7 +115,8 @@ def qk_scatter_figure(
             col=col,
         )
         fig.update_xaxes(title_text="Q", row=1, col=col)
-        fig.update_yaxes(title_text="K", row=1, col=col)
+        pad = 0.12 * (np.ptp(y) or 1.0)  # room for the labels above the top points
+        fig.update_yaxes(title_text="K", range=[y.min() - pad, y.max() + 2 * pad], row=1, col=col)
     fig.update_layout(title=title or "Q vs K per head", template=TEMPLATE)
     return fig
 

@@ -188,7 +188,14 @@ def _two_panel_lines(
                     col=col + 1,
                 )
     fig.update_xaxes(title_text="layer")
-    fig.update_layout(title=title, height=450, width=1000, template=TEMPLATE)
+    fig.update_layout(
+        title=title,
+        height=560,
+        width=1000,
+        template=TEMPLATE,
+        # below the panels, in rows: twelve entries do not fit beside them without scrolling
+        legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0},
+    )
     return fig
 
 

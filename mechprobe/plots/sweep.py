@@ -50,6 +50,7 @@ def depth_overlay(
         fig,
         title=title,
         xaxis={"title": "relative depth: layer / (layers - 1)", "range": [-0.03, 1.03]},
+        yaxis={"title": "value (its unit is in each curve's name)"},
         height=460,
     )
 
