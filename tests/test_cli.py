@@ -56,6 +56,34 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 
 
 @pytest.mark.faults
+def test_ctrl_c_inside_an_import_ends_at_once_and_elsewhere_raises(tmp_path):
+    """The SIGINT handler of the command, called as the signal would call it: inside a module
+    being imported it ends the process with the line and 130 (no exception that C++ code
+    running the import could not pass on); anywhere else it raises KeyboardInterrupt."""
+    (tmp_path / "slow_module.py").write_text(
+        "import signal, sys\n"
+        "from mechprobe.cli.main import _on_interrupt\n"
+        "_on_interrupt(signal.SIGINT, sys._getframe())\n"
+        "print('not reached')\n"
+    )
+    code = (
+        "import signal, sys\n"
+        "from mechprobe.cli.main import _on_interrupt\n"
+        "try:\n"
+        "    _on_interrupt(signal.SIGINT, sys._getframe())\n"
+        "except KeyboardInterrupt:\n"
+        "    print('raised')\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "import slow_module\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert proc.returncode == 130 and proc.stdout == "raised\n", proc
+    assert proc.stderr == "mechprobe: interrupted\n"
+
+
+@pytest.mark.faults
 def test_ctrl_c_at_any_moment_of_the_imports_is_130(tmp_path):
     """SIGINT at 12 moments across the imports: always one line and status 130.
 

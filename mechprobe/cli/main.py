@@ -3,7 +3,8 @@
 Everything that can take time -- building the parser, importing a subcommand's libraries, the
 work itself -- runs inside `main`'s handlers, so a user error is always the single line
 ``mechprobe: error: ...`` (exit 2) and Ctrl-C, at any moment, is ``mechprobe: interrupted``
-(exit 130) with no traceback. `entry` also covers the interpreter's exit: a Ctrl-C while
+(exit 130) with no traceback. `entry` also covers imports (a Ctrl-C while a module imports
+ends the process at once: see `_on_interrupt`) and the interpreter's exit: a Ctrl-C while
 libraries clean up ends the process at once with the same line and status. Results are written
 atomically, so an interruption never leaves a half-written result.
 """
@@ -14,6 +15,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 INTERRUPTED = "mechprobe: interrupted\n"
 
@@ -25,6 +27,23 @@ def _interrupted_exit(signum: int, frame: object) -> None:
         sys.stderr.flush()
     finally:
         os._exit(130)
+
+
+def _on_interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGINT: a KeyboardInterrupt, except while a module is being imported (then: exit now).
+
+    An interrupt raised during an import can surface in Python code that a C++ extension runs
+    while it initialises (torch, through pybind11); such code cannot pass it on, and the
+    process aborts (SIGABRT) with a C++ message instead of a line and status 130. Ending at
+    once is as safe as a kill at that moment, which the failpoint tests cover: results are
+    swapped in whole, and leftovers are cleaned by the next run.
+    """
+    f = frame
+    while f is not None:
+        if f.f_code.co_filename.startswith("<frozen importlib"):
+            _interrupted_exit(signum, frame)
+        f = f.f_back
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,6 +99,7 @@ def _from_interrupt(exc: BaseException) -> bool:
 
 def entry() -> None:
     """The console script: `main`, then an exit that a Ctrl-C cannot turn into a traceback."""
+    signal.signal(signal.SIGINT, _on_interrupt)
     try:
         code = main()
         sys.stdout.flush()
