@@ -240,7 +240,7 @@ def test_a_failed_default_download_falls_back_once_per_run(monkeypatch, capsys):
 
     monkeypatch.delenv(corpus_text.TEXT_ENV, raising=False)
     monkeypatch.setattr(corpus_text, "cached_download", fail)
-    monkeypatch.setattr(corpus_text, "_FELL_BACK", {})
+    monkeypatch.setattr(corpus_text, "_FELL_BACK", set())
     first, second = load_text(), load_text()
     assert first.fallback and second.fallback and first.sha256 == second.sha256
     assert first.origin == "mechprobe/data/sample_negation.txt"

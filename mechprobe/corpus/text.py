@@ -29,9 +29,9 @@ from mechprobe.errors import MechprobeError
 DEFAULT_TEXT_SOURCE = "gutenberg:32154"
 #: Environment variable naming a local text file used when no source is given.
 TEXT_ENV = "MECHPROBE_TEXT"
-#: Default downloads that failed in this process (url -> why): the fallback is used again
-#: without another try or warning, so that one run warns once.
-_FELL_BACK: dict[str, str] = {}
+#: Default downloads that failed in this process: the fallback is used again without another
+#: try or warning, so that one run warns once.
+_FELL_BACK: set[str] = set()
 #: Shipped fallback text (original prose) used when the default download fails.
 FALLBACK_TEXT = "sample_negation.txt"
 GUTENBERG_URL = "https://www.gutenberg.org/cache/epub/{id}/pg{id}.txt"
@@ -164,22 +164,25 @@ def load_text(
         return _from_bytes(data, source, str(path))
 
     assert url is not None
+    if may_fall_back and url in _FELL_BACK:  # warned once; not tried again this run
+        return _fallback(source)
     try:
-        if may_fall_back and url in _FELL_BACK:
-            raise MechprobeError(_FELL_BACK[url])  # warned once; not tried again this run
         dest = cached_download(url, timeout=timeout, max_bytes=max_bytes)
     except MechprobeError as exc:
         if not may_fall_back:
             raise
-        from mechprobe.data import read_data_text
-
-        if url not in _FELL_BACK:
-            _FELL_BACK[url] = str(exc)
-            sys.stderr.write(
-                f"WARNING: {exc}; falling back to the built-in sample text {FALLBACK_TEXT} "
-                "(original prose, NOT The Variable Man) -- results will differ from the "
-                "course's\n"
-            )
-        data = read_data_text(FALLBACK_TEXT).encode("utf-8")
-        return _from_bytes(data, source, f"mechprobe/data/{FALLBACK_TEXT}", fallback=True)
+        _FELL_BACK.add(url)
+        sys.stderr.write(
+            f"WARNING: {exc}; falling back to the built-in sample text {FALLBACK_TEXT} "
+            "(original prose, NOT The Variable Man) -- results will differ from the course's\n"
+        )
+        return _fallback(source)
     return _from_bytes(dest.read_bytes(), source, str(dest))
+
+
+def _fallback(source: str) -> TextSource:
+    """The built-in sample text, standing in for the default ``source``."""
+    from mechprobe.data import read_data_text
+
+    data = read_data_text(FALLBACK_TEXT).encode("utf-8")
+    return _from_bytes(data, source, f"mechprobe/data/{FALLBACK_TEXT}", fallback=True)

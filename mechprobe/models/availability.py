@@ -45,8 +45,8 @@ def unavailable(name: str) -> str | None:
         return None
     from mechprobe.models.sources import did_you_mean, hub_reachable, missing_path
 
-    if missing_path(name):
-        return f"{name}: {missing_path(name)}"
+    if why := missing_path(name):
+        return f"{name}: {why}"
     if Path(name).is_dir():
         return None
     repo = known.hub_id if known and known.hub_id else name

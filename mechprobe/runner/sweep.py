@@ -86,8 +86,8 @@ def sweep(
     from mechprobe.models.sources import missing_path
 
     for model in models:  # a mistyped path is bad input, not a model to skip
-        if missing_path(model):
-            raise MechprobeError(f"--models: {model}: {missing_path(model)}")
+        if why := missing_path(model):
+            raise MechprobeError(f"--models: {model}: {why}")
     outcome = SweepOutcome()
     for i, model in enumerate(models, 1):
         reason = unavailable(model)

@@ -242,8 +242,6 @@ def _correct(xs: Rows, a: UnitFloats, b: UnitFloats, n1: int) -> Int[np.ndarray,
     t = -a / b
     thr = np.where(b > 0, t, np.nextafter(t, -np.inf))  # xs >= t  <=>  xs > thr
     thr = np.where(b == 0, np.where(a > 0, -np.inf, np.inf), thr)
-    thr_t = torch.from_numpy(thr).to(xs)[:, None]
-    sign = torch.where(torch.arange(n, device=xs.device) < n1, 1.0, -1.0).to(xs)
     lib = _kernels.library() if xs.device.type == "cpu" else None
     if lib is not None:  # the same count, fused (mechprobe.stats._kernels)
         count = np.empty(r, dtype=np.int64)
@@ -251,6 +249,8 @@ def _correct(xs: Rows, a: UnitFloats, b: UnitFloats, n1: int) -> Int[np.ndarray,
         xs = xs.contiguous()
         lib.count_above(_kernels.ptr(xs), r, n, n1, _kernels.ptr(thr), _kernels.ptr(count))
         return np.where(b < 0, 2 * n1 - n - count, count)
+    thr_t = torch.from_numpy(thr).to(xs)[:, None]
+    sign = torch.where(torch.arange(n, device=xs.device) < n1, 1.0, -1.0).to(xs)
     block = max(1, BLOCK_ELEMENTS // n) if xs.device.type == "cpu" else r
     ind = torch.empty(min(block, r), n, dtype=xs.dtype, device=xs.device)
     count = np.empty(r)

@@ -119,33 +119,23 @@ static ptrdiff_t tile_of(ptrdiff_t n)
     return t < 16 ? 16 : t > 256 ? 256 : t;
 }
 
-void prepare64(const double *x, ptrdiff_t ld, const long long *order, ptrdiff_t n,
-               ptrdiff_t c, ptrdiff_t n1, double *xs, float *xs32, double *stats,
-               ptrdiff_t stride)
-{
-    const ptrdiff_t tile = tile_of(n);
-    for (ptrdiff_t j0 = 0; j0 < c; j0 += tile) {
-        const ptrdiff_t width = c - j0 < tile ? c - j0 : tile;
-        for (ptrdiff_t i = 0; i < n; i++)
-            for (ptrdiff_t k = 0; k < width; k++)
-                xs[(j0 + k) * n + i] = x[order[i] * ld + j0 + k];
-        standardise(xs, xs32, n, n1, j0, width, stats, stride);
+/* prepare64 and prepare32: the same loop over float64 and float32 x. */
+#define PREPARE(NAME, T)                                                                   \
+    void NAME(const T *x, ptrdiff_t ld, const long long *order, ptrdiff_t n, ptrdiff_t c,  \
+              ptrdiff_t n1, double *xs, float *xs32, double *stats, ptrdiff_t stride)      \
+    {                                                                                      \
+        const ptrdiff_t tile = tile_of(n);                                                 \
+        for (ptrdiff_t j0 = 0; j0 < c; j0 += tile) {                                       \
+            const ptrdiff_t width = c - j0 < tile ? c - j0 : tile;                         \
+            for (ptrdiff_t i = 0; i < n; i++)                                              \
+                for (ptrdiff_t k = 0; k < width; k++)                                      \
+                    xs[(j0 + k) * n + i] = x[order[i] * ld + j0 + k];                      \
+            standardise(xs, xs32, n, n1, j0, width, stats, stride);                        \
+        }                                                                                  \
     }
-}
 
-void prepare32(const float *x, ptrdiff_t ld, const long long *order, ptrdiff_t n,
-               ptrdiff_t c, ptrdiff_t n1, double *xs, float *xs32, double *stats,
-               ptrdiff_t stride)
-{
-    const ptrdiff_t tile = tile_of(n);
-    for (ptrdiff_t j0 = 0; j0 < c; j0 += tile) {
-        const ptrdiff_t width = c - j0 < tile ? c - j0 : tile;
-        for (ptrdiff_t i = 0; i < n; i++)
-            for (ptrdiff_t k = 0; k < width; k++)
-                xs[(j0 + k) * n + i] = x[order[i] * ld + j0 + k];
-        standardise(xs, xs32, n, n1, j0, width, stats, stride);
-    }
-}
+PREPARE(prepare64, double)
+PREPARE(prepare32, float)
 
 /* For each row r: the number of its first n1 entries above thr[r], minus the number of the
  * others above it (see _chunks._correct). */

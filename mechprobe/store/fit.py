@@ -37,7 +37,6 @@ from mechprobe.store.zarr_store import ActivationStore
 #: The fields of a fit, as `mechprobe.stats.probe.fit_layers` gives them, then the extras.
 FIELDS = ("beta", "intercept", "pvalue", "accuracy", "converged", "separated")
 FLAGS = ("converged", "separated", "fitted")
-#: Crash tests: the file whose creation marks that the ``store:fit`` failpoint fired once.
 
 
 @contextlib.contextmanager
