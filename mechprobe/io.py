@@ -25,7 +25,15 @@ from mechprobe.faults import failpoint
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The umask, read from ``/proc`` without setting it (elsewhere set and at once restored)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 

@@ -26,6 +26,14 @@ from mechprobe.experiments.spec import Experiment, cli_options
 
 
 def _quiet_libraries() -> None:
+    """Settings for the command's own process: quiet libraries, a tuned CPU allocator.
+
+    The allocator setting is process-wide, so the command makes it and the library leaves it
+    (`mechprobe.models.loading.tune_cpu_allocator`).
+    """
+    from mechprobe.models.loading import tune_cpu_allocator
+
+    tune_cpu_allocator()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import transformers

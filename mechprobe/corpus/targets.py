@@ -220,15 +220,20 @@ def make_windows(
 
 @dataclass(frozen=True)
 class Samples:
-    """The tokenized text, its targets and their windows.
+    """The tokenized documents, their targets and the targets' windows.
 
     Attributes:
-        ids: Token ids of the whole text.
+        ids: Token ids of every document, one after the other.
         pieces: Each token decoded on its own.
-        targets: The targets used (after ``max_samples`` / ``balance``).
+        targets: The targets used (after ``max_samples`` / ``balance``); positions index
+            ``ids``.
         n_found: Targets found per class name before subsampling (``{"affirmation": ...,
             "negation": ...}`` for the course's rule), in label order.
-        windows: ``[n, pre + post + 1]`` token ids; the target sits at index ``pre``.
+        windows: ``[n, pre + post + 1]`` token ids; the target sits at index ``pre``. No window
+            crosses from one document into the next.
+        documents: The document of each target (0 for a single text).
+        positions: Each target's token position in its own document.
+        word_types: The stripped, lower-cased text of each target's token (or word).
     """
 
     ids: list[int]
@@ -236,11 +241,14 @@ class Samples:
     targets: Targets
     n_found: dict[str, int]
     windows: Int[Tensor, "batch pos"]
+    documents: np.ndarray
+    positions: np.ndarray
+    word_types: list[str]
 
 
 def prepare_samples(
     tokenizer: Any,
-    text: str,
+    text: str | Sequence[str],
     *,
     pre: int,
     post: int,
@@ -258,7 +266,8 @@ def prepare_samples(
 
     Args:
         tokenizer: The model's tokenizer.
-        text: The whole text.
+        text: The whole text, or several documents (no window crosses from one to the next;
+            a document too short for one window is passed over).
         pre: Tokens of context before a target.
         post: Tokens after a target.
         max_samples: Keep the first N targets of each class (text order).
@@ -274,31 +283,71 @@ def prepare_samples(
         >>> s = prepare_samples(tok, text, pre=5, post=2)
         >>> s.windows.shape[1], s.n_found
         (8, {'affirmation': 20, 'negation': 39})
+        >>> two = prepare_samples(tok, [text, text], pre=5, post=2)
+        >>> two.n_found["negation"], int(two.documents.max()), int(two.positions[-1])
+        (78, 1, 297)
+        >>> int(s.positions[-1])
+        297
     """
-    ids = tokenize_text(tokenizer, text)
-    if len(ids) <= pre + post:
+    from mechprobe.corpus.classes import word_types
+
+    texts = [text] if isinstance(text, str) else list(text)
+    names = ("affirmation", "negation") if classes is None else classes.names
+    ids: list[int] = []
+    pieces: list[str] = []
+    found: list[tuple[int, int, Targets, list[str]]] = []  # (document, start, targets, types)
+    longest = 0
+    for d, doc in enumerate(texts):
+        d_ids = tokenize_text(tokenizer, doc)
+        longest = max(longest, len(d_ids))
+        if len(d_ids) <= pre + post:
+            continue
+        d_pieces = decode_pieces(tokenizer, d_ids)
+        if classes is None:
+            t = select_targets(d_pieces, pre, post)
+        else:
+            t = classes.select(d_pieces, pre, post, unit=unit, word_token=word_token)
+        types = word_types(d_pieces, t.positions, unit=unit if classes is not None else "token")
+        found.append((d, len(ids), t, types))
+        ids += d_ids
+        pieces += d_pieces
+    if not found:
+        what = "text too short" if len(texts) == 1 else "every document is too short"
         raise MechprobeError(
-            f"text too short: {len(ids)} tokens, need more than {pre + post} "
+            f"{what}: {longest} tokens, need more than {pre + post} "
             f"(context {pre} before and {post} after a target)"
         )
-    pieces = decode_pieces(tokenizer, ids)
-    if classes is None:
-        targets, names = select_targets(pieces, pre, post), ("affirmation", "negation")
-    else:
-        targets = classes.select(pieces, pre, post, unit=unit, word_token=word_token)
-        names = classes.names
+    targets = Targets(
+        np.concatenate([t.positions + start for _, start, t, _ in found]).astype(np.int64),
+        np.concatenate([t.labels for _, _, t, _ in found]).astype(np.int8),
+    )
+    documents = np.concatenate([np.full(len(t), d, dtype=np.int64) for d, _, t, _ in found])
+    local = np.concatenate([t.positions for _, _, t, _ in found]).astype(np.int64)
+    types_all = [w for *_, types in found for w in types]
     n_found = {name: targets.count(k) for k, name in enumerate(names)}
     missing = [name for name, n in n_found.items() if n == 0]
     if missing:
-        found = ", ".join(f"{n} {name}" for name, n in n_found.items())
+        found_text = ", ".join(f"{n} {name}" for name, n in n_found.items())
         raise MechprobeError(
-            f"no {' or '.join(missing)} targets in the text ({len(ids)} tokens, {found}); "
+            f"no {' or '.join(missing)} targets in the text ({len(ids)} tokens, {found_text}); "
             + ("both classes are needed" if len(names) == 2 else "every class is needed")
         )
     labels = range(len(names))
+    keep = Targets(np.arange(len(targets)), targets.labels)
     if max_samples is not None:
-        targets = first_per_class(targets, max_samples, labels)
+        keep = first_per_class(keep, max_samples, labels)
     if balance:
-        targets = balance_targets(targets, seed, labels)
+        keep = balance_targets(keep, seed, labels)
+    rows = keep.positions
+    targets = targets.take(rows)
     windows = make_windows(ids, targets.positions, pre, post)
-    return Samples(ids, pieces, targets, n_found, windows)
+    return Samples(
+        ids,
+        pieces,
+        targets,
+        n_found,
+        windows,
+        documents[rows],
+        local[rows],
+        [types_all[int(r)] for r in rows],
+    )

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from mechprobe.experiments.result import ExperimentResult
-from mechprobe.experiments.spec import Experiment, Figure, option
+from mechprobe.experiments.spec import Experiment, Figure, Inputs, option
 from mechprobe.models.registry import ModelShape
 from mechprobe.validate import Problems, check_tolerance, parse_float
 
@@ -78,11 +78,11 @@ def resolve(config: CrosscheckConfig, shape: ModelShape) -> CrosscheckConfig:
     return config
 
 
-def inputs(config: CrosscheckConfig) -> dict[str, str]:
-    """The sha256 of the text."""
+def inputs(config: CrosscheckConfig) -> Inputs:
+    """The sha256 of the text (a literal setting: nothing to read)."""
     from mechprobe.corpus.text import text_source
 
-    return {"text": text_source(config.text).sha256}
+    return Inputs({"text": text_source(config.text).sha256})
 
 
 def max_abs_diff(a: Any, b: Any) -> float:
@@ -108,13 +108,16 @@ def within(diff: float, tolerance: float) -> bool:
     return math.isfinite(diff) and diff <= tolerance
 
 
-def run(config: CrosscheckConfig, model: Any, reference: Any) -> ExperimentResult:
+def run(
+    config: CrosscheckConfig, model: Any, reference: Any, data: None = None
+) -> ExperimentResult:
     """Compare every TransformerLens hook result with plain HuggingFace hooks.
 
     Args:
         config: The settings.
         model: A TransformerLens bridge.
         reference: The independent HF ``(model, tokenizer)``.
+        data: Unused (its text is a literal setting).
 
     Returns:
         ``ExperimentResult("crosscheck")``: arrays ``max_abs_diff`` ``[check, layer]`` (NaN where

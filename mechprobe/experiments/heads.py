@@ -38,7 +38,15 @@ import numpy as np
 
 from mechprobe.experiments.heads_detail import default_text, tokenize
 from mechprobe.experiments.result import ExperimentResult
-from mechprobe.experiments.spec import Course, Experiment, Figure, Finding, option, verdict_of
+from mechprobe.experiments.spec import (
+    Course,
+    Experiment,
+    Figure,
+    Finding,
+    Inputs,
+    option,
+    verdict_of,
+)
 from mechprobe.models.registry import ModelShape
 from mechprobe.validate import (
     Problems,
@@ -127,14 +135,14 @@ def resolve(config: HeadsConfig, shape: ModelShape) -> HeadsConfig:
     )
 
 
-def inputs(config: HeadsConfig) -> dict[str, str]:
-    """The sha256 of the text."""
+def inputs(config: HeadsConfig) -> Inputs:
+    """The sha256 of the text (a literal setting: nothing to read)."""
     from mechprobe.corpus.text import text_source
 
-    return {"text": text_source(config.text or default_text()).sha256}
+    return Inputs({"text": text_source(config.text or default_text()).sha256})
 
 
-def run(config: HeadsConfig, model: Any, reference: Any) -> ExperimentResult:
+def run(config: HeadsConfig, model: Any, reference: Any, data: None = None) -> ExperimentResult:
     """E2 on one text: the course's dissection of one layer, and raw scores at every layer.
 
     Args:
@@ -142,6 +150,7 @@ def run(config: HeadsConfig, model: Any, reference: Any) -> ExperimentResult:
         model: A TransformerLens bridge.
         reference: The independent HF ``(model, tokenizer)`` with eager attention, for the
             ``output_attentions`` parity check.
+        data: Unused (its text is a literal setting).
 
     Returns:
         ``ExperimentResult("heads")``: the detail layer's arrays (`heads_detail.dissect`) and,

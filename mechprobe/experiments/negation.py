@@ -27,7 +27,7 @@ from typing import Any
 
 from mechprobe.experiments import probe
 from mechprobe.experiments.result import ExperimentResult
-from mechprobe.experiments.spec import Course, Experiment, Finding, option
+from mechprobe.experiments.spec import Course, Experiment, Finding, Inputs, option
 from mechprobe.models.registry import ModelShape
 from mechprobe.validate import parse_choices
 
@@ -69,14 +69,16 @@ def resolve(config: NegationConfig, shape: ModelShape) -> NegationConfig:
     return probe.resolve(config, shape)
 
 
-def inputs(config: NegationConfig) -> dict[str, str]:
-    """The sha256 of the text (loading, or downloading once, the source) and the preset."""
+def inputs(config: NegationConfig) -> Inputs:
+    """The text (loading, or downloading once, the source) and the preset, with their sha256."""
     return probe.inputs(config)
 
 
-def run(config: NegationConfig, model: Any, reference: Any = None) -> ExperimentResult:
+def run(
+    config: NegationConfig, model: Any, reference: Any = None, data: Any = None
+) -> ExperimentResult:
     """Run the course's negation probe (see `probe.run` for the arrays)."""
-    res = probe.run(config, model, reference)
+    res = probe.run(config, model, reference, data)
     return ExperimentResult(NAME, res.arrays, res.summary)
 
 

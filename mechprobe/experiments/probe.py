@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from mechprobe.experiments.result import ExperimentResult
-from mechprobe.experiments.spec import Experiment, Figure, Finding, option
+from mechprobe.experiments.spec import Experiment, Figure, Finding, Inputs, option
 from mechprobe.models.registry import ModelShape
 from mechprobe.validate import (
     Problems,
@@ -235,55 +235,39 @@ def _check_store(p: Problems, config: ProbeConfig) -> None:
         p.add("scheduler", f"expected an address such as tcp://HOST:8786, got {config.scheduler!r}")
 
 
-def inputs(config: ProbeConfig) -> dict[str, str]:
-    """The sha256 of the data read: the labels file, or the text and the class file (checked)."""
-    from mechprobe.corpus.text import load_text, text_source
+def inputs(config: ProbeConfig) -> Inputs:
+    """The text and the class file (or the labels), read once and checked, with their sha256."""
+    from mechprobe.experiments.probe_samples import load_probe_data
 
-    if config.labels:
-        return {"labels": _file_sha256(config.labels)}
-    if config.classes:
-        from mechprobe.corpus.classes import load_classes
-
-        load_classes(config.classes)  # a bad class file is refused before the model loads
-    out = {"text": load_text(config.text, max_bytes=int(config.max_download_mb * 2**20)).sha256}
-    out["classes"] = (
-        _file_sha256(config.classes) if config.classes else text_source(_preset_text()).sha256
-    )
-    return out
+    data = load_probe_data(config)
+    return Inputs(dict(data.sha256), data)
 
 
-def _file_sha256(path: str) -> str:
-    from mechprobe.errors import MechprobeError
-    from mechprobe.io import sha256_file
-
-    try:
-        return sha256_file(path)
-    except OSError as exc:
-        raise MechprobeError(f"cannot read {path}: {exc.strerror}") from exc
-
-
-def _preset_text() -> str:
-    from mechprobe.data import read_data_text
-
-    return read_data_text("classes_negation.toml")
-
-
-def run(config: ProbeConfig, model: Any, reference: Any = None) -> ExperimentResult:
+def run(
+    config: ProbeConfig, model: Any, reference: Any = None, data: Any = None
+) -> ExperimentResult:
     """Run a probe: samples, collection, analysis (see the module docstring).
+
+    Args:
+        config: The settings, resolved (`resolve`).
+        model: A TransformerLens bridge.
+        reference: Unused.
+        data: The documents and classes (`mechprobe.experiments.probe_samples.ProbeData`);
+            None: read what ``config`` names.
 
     Returns:
         ``ExperimentResult("probe")`` with, per family ``C``, ``C_beta``, ``C_pvalue``,
         ``C_accuracy``, ``C_converged``, ``C_separated``, ``C_significant`` and, where
         computed, ``C_heldout_accuracy``, ``C_heldout_auc``, ``C_control_accuracy``,
         ``C_firth_beta``, ``C_firth_pvalue`` (``[layer, units]``; a leading class axis for more
-        than two classes), ``labels``, ``positions``, ``layers``, the best unit's arrays and the
-        lexical baseline ``embed_*``.
+        than two classes), ``labels``, ``positions``, ``documents``, ``layers``, the best
+        unit's arrays and the lexical baseline ``embed_*``.
     """
     from mechprobe.experiments.probe_analysis import analyse
     from mechprobe.experiments.probe_samples import take_samples
 
     t0 = time.perf_counter()
-    samples = take_samples(config, model.tokenizer)
+    samples = take_samples(config, model.tokenizer, data)
     result = analyse(config, model, samples)
     result.summary["settings"] = asdict(config)
     result.summary["timing_s"]["total"] = time.perf_counter() - t0

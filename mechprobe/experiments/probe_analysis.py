@@ -72,6 +72,10 @@ def analyse(config: Any, model: Any, samples: ProbeSamples) -> ExperimentResult:
     arrays: dict[str, np.ndarray] = {
         "labels": labels.astype(np.int8),
         "positions": samples.positions.astype(np.int64),
+        "documents": np.asarray(samples.documents, dtype=np.int64),
+        "tokens": np.asarray(
+            [model.tokenizer.decode([int(t)]) for t in samples.windows[:, pre]], dtype=str
+        ),
         "layers": np.asarray(layers, dtype=np.int64),
     }
     if control is not None:

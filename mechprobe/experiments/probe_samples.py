@@ -11,7 +11,9 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,17 +46,128 @@ class ProbeSamples:
     source: dict[str, Any]
 
 
-def take_samples(config: Any, tokenizer: Any) -> ProbeSamples:
-    """The samples a probe config asks for: a class file on a text, or labelled positions."""
+@dataclass(frozen=True)
+class ProbeData:
+    """The data of a probe, read once: documents and classes, or labelled positions.
+
+    Attributes:
+        documents: The texts (one `TextSource` per document; no window crosses documents).
+        classes: The class rules; None with ``labels``.
+        labels: Labelled positions (`mechprobe.corpus.labels.LabelRecord` list), instead.
+        sha256: ``{name: sha256}`` of each input, for the manifest.
+        describe: What the data is, for the summary (sources, hashes, the class source).
+    """
+
+    documents: tuple[Any, ...] = ()
+    classes: Any = None
+    labels: list[Any] | None = None
+    sha256: dict[str, str] = field(default_factory=dict)
+    describe: dict[str, Any] = field(default_factory=dict)
+
+
+def documents_sha256(documents: Sequence[Any]) -> str:
+    """One sha256 for several documents: a single document's own, else the hash of theirs.
+
+    Example:
+        >>> from mechprobe.corpus.text import text_source
+        >>> documents_sha256([text_source("a")]) == text_source("a").sha256
+        True
+    """
+    if len(documents) == 1:
+        return str(documents[0].sha256)
+    return hashlib.sha256("\n".join(d.sha256 for d in documents).encode()).hexdigest()
+
+
+def probe_data(
+    documents: Sequence[Any], classes: Any, classes_sha256: str, classes_source: str
+) -> ProbeData:
+    """A `ProbeData` of documents and a class set, with its hashes and description.
+
+    Example:
+        >>> from mechprobe.corpus.classes import negation_preset
+        >>> from mechprobe.corpus.text import text_source
+        >>> d = probe_data([text_source("It is not.")], negation_preset(), "ab", "preset")
+        >>> sorted(d.sha256), d.describe["classes"]
+        (['classes', 'text'], 'preset')
+    """
+    docs = tuple(documents)
+    if len(docs) == 1:
+        describe = dict(docs[0].describe())
+    else:
+        describe = {
+            "source": f"{len(docs)} documents",
+            "sha256": documents_sha256(docs),
+            "documents": [d.describe() for d in docs],
+            "fallback": any(d.fallback for d in docs),
+            "n_chars": sum(len(d.text) for d in docs),
+        }
+    return ProbeData(
+        docs,
+        classes,
+        sha256={"text": documents_sha256(docs), "classes": classes_sha256},
+        describe={**describe, "classes": classes_source},
+    )
+
+
+def load_probe_data(config: Any) -> ProbeData:
+    """The data a probe config names (the CLI's reading: paths, URLs, ``gutenberg:ID``).
+
+    A bad class file or a missing text fails here, before the model is loaded.
+    """
+    from mechprobe.corpus.text import load_text, text_source
+
+    if config.labels:
+        from mechprobe.corpus.labels import load_labels
+
+        sha = _file_sha256(config.labels)
+        return ProbeData(
+            labels=load_labels(config.labels),
+            sha256={"labels": sha},
+            describe={"labels": config.labels},
+        )
+    from mechprobe.corpus.classes import load_classes, negation_preset
+
+    if config.classes:
+        classes, sha = load_classes(config.classes), _file_sha256(config.classes)
+    else:
+        classes, sha = negation_preset(), text_source(_preset_text()).sha256
+    text = load_text(config.text, max_bytes=int(config.max_download_mb * 2**20))
+    return probe_data([text], classes, sha, config.classes or "negation preset")
+
+
+def _file_sha256(path: str) -> str:
+    from mechprobe.errors import MechprobeError
+    from mechprobe.io import sha256_file
+
+    try:
+        return sha256_file(path)
+    except OSError as exc:
+        raise MechprobeError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _preset_text() -> str:
+    from mechprobe.data import read_data_text
+
+    return read_data_text("classes_negation.toml")
+
+
+def take_samples(config: Any, tokenizer: Any, data: ProbeData | None = None) -> ProbeSamples:
+    """The samples a probe asks for: classes on documents, or labelled positions.
+
+    Args:
+        config: The probe's settings (contexts, ``max_samples``, ``balance``, ``unit``).
+        tokenizer: The model's tokenizer.
+        data: The data, read once (`load_probe_data`); None: read what ``config`` names.
+    """
     from mechprobe.corpus.targets import Targets, balance_targets, first_per_class
 
+    data = load_probe_data(config) if data is None else data
     pre, post = config.context_pre, config.context_post
-    if config.labels:
-        from mechprobe.corpus.labels import label_samples, load_labels
+    if data.labels is not None:
+        from mechprobe.corpus.labels import label_samples
 
-        s = label_samples(
-            tokenizer, load_labels(config.labels), pre=pre, post=post, source=config.labels
-        )
+        source = str(data.describe.get("labels", "<labels>"))
+        s = label_samples(tokenizer, data.labels, pre=pre, post=post, source=source)
         targets = Targets(np.arange(len(s)), s.labels)
         classes = range(len(s.names))
         if config.max_samples is not None:
@@ -72,37 +185,32 @@ def take_samples(config: Any, tokenizer: Any) -> ProbeSamples:
             types,
             s.n_found,
             sum(len(i) for i in s.ids),
-            {"labels": config.labels, "lines": len(s)},
+            {"labels": source, "lines": len(s)},
         )
-    from mechprobe.corpus.classes import load_classes, negation_preset, word_types
     from mechprobe.corpus.targets import prepare_samples
-    from mechprobe.corpus.text import load_text
 
-    source = load_text(config.text, max_bytes=int(config.max_download_mb * 2**20))
-    classes = load_classes(config.classes) if config.classes else negation_preset()
     s = prepare_samples(
         tokenizer,
-        source.text,
+        [d.text for d in data.documents],
         pre=pre,
         post=post,
         max_samples=config.max_samples,
         balance=config.balance,
         seed=config.seed,
-        classes=classes,
+        classes=data.classes,
         unit=config.unit,
         word_token=config.word_token,
     )
-    types = word_types(s.pieces, s.targets.positions, unit=config.unit)
     return ProbeSamples(
         s.windows,
         s.targets.labels,
-        classes.names,
-        s.targets.positions,
-        np.zeros(len(s.targets), dtype=np.int64),
-        types,
+        data.classes.names,
+        s.positions,
+        s.documents,
+        s.word_types,
         s.n_found,
         len(s.ids),
-        {**source.describe(), "classes": config.classes or "negation preset"},
+        dict(data.describe),
     )
 
 

@@ -19,7 +19,15 @@ from typing import Any
 
 from mechprobe.experiments.replace_course import condition_names, default_text
 from mechprobe.experiments.result import ExperimentResult
-from mechprobe.experiments.spec import Course, Experiment, Figure, Finding, option, verdict_of
+from mechprobe.experiments.spec import (
+    Course,
+    Experiment,
+    Figure,
+    Finding,
+    Inputs,
+    option,
+    verdict_of,
+)
 from mechprobe.models.registry import ModelShape
 from mechprobe.validate import (
     Problems,
@@ -142,24 +150,29 @@ def resolve(config: ReplaceConfig, shape: ModelShape) -> ReplaceConfig:
     return replace(config, text=text, head=head, **layers)
 
 
-def inputs(config: ReplaceConfig) -> dict[str, str]:
-    """The sha256 of the text and of the sentences."""
+def inputs(config: ReplaceConfig) -> Inputs:
+    """The sentences, read once, and the sha256 of the text and of the sentences."""
     from mechprobe.corpus.text import text_source
     from mechprobe.experiments.replace_many import load_sentences
 
-    return {
+    sentences = load_sentences(config.sentences)
+    sha = {
         "text": text_source(config.text or default_text()).sha256,
-        "sentences": text_source("\n".join(load_sentences(config.sentences))).sha256,
+        "sentences": text_source("\n".join(sentences)).sha256,
     }
+    return Inputs(sha, sentences)
 
 
-def run(config: ReplaceConfig, model: Any, reference: Any) -> ExperimentResult:
+def run(
+    config: ReplaceConfig, model: Any, reference: Any, data: list[str] | None = None
+) -> ExperimentResult:
     """E4: the course's sample with HF parity, then the scaling over many sentences.
 
     Args:
         config: The settings, resolved (`resolve`).
         model: A TransformerLens bridge.
         reference: The independent HF ``(model, tokenizer)``.
+        data: The many-sample sentences (`inputs`); None: read what ``config.sentences`` names.
 
     Returns:
         ``ExperimentResult("replace")``: the course sample's arrays (`replace_course`) and, per
@@ -176,7 +189,7 @@ def run(config: ReplaceConfig, model: Any, reference: Any) -> ExperimentResult:
     from mechprobe.experiments.replace_many import many_samples
 
     arrays, summary = course_sample(config, model, reference)
-    many_arrays, many_summary = many_samples(config, model)
+    many_arrays, many_summary = many_samples(config, model, data)
     arrays.update(many_arrays)
     summary["many"] = many_summary
     return ExperimentResult(NAME, arrays, summary)

@@ -26,7 +26,9 @@ def load_sentences(path: str | None) -> list[str]:
     return read_sentences(path) if path else default_sentences()
 
 
-def many_samples(config: Any, model: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def many_samples(
+    config: Any, model: Any, sentences: list[str] | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Norm-ratio curves over every sentence and position, per scale factor, and the verdicts.
 
     Example:
@@ -46,7 +48,8 @@ def many_samples(config: Any, model: Any) -> tuple[dict[str, np.ndarray], dict[s
     from mechprobe.validate import check_context
 
     tok, shape = model.tokenizer, model_shape(model)
-    sentences = load_sentences(config.sentences)
+    if sentences is None:
+        sentences = load_sentences(config.sentences)
     ids = [tok(s, add_special_tokens=False).input_ids for s in sentences]
     width = max(len(i) for i in ids)
     check_context(width, shape.n_ctx, "the longest sentence")

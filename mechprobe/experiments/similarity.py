@@ -31,7 +31,15 @@ from typing import Any
 import numpy as np
 
 from mechprobe.experiments.result import ExperimentResult
-from mechprobe.experiments.spec import Course, Experiment, Figure, Finding, option, verdict_of
+from mechprobe.experiments.spec import (
+    Course,
+    Experiment,
+    Figure,
+    Finding,
+    Inputs,
+    option,
+    verdict_of,
+)
 from mechprobe.models.registry import ModelShape
 from mechprobe.stats.cosine import BLOCKS, POSITIONS
 from mechprobe.validate import Problems, check_count, check_indices, check_seed, parse_layers
@@ -105,16 +113,17 @@ def load_sentences(config: SimilarityConfig) -> list[str]:
     return read_sentences(config.sentences) if config.sentences else default_sentences()
 
 
-def inputs(config: SimilarityConfig) -> dict[str, str]:
-    """The sha256 of the sentences (one per line, joined with newlines).
+def inputs(config: SimilarityConfig) -> Inputs:
+    """The sentences, read once, and their sha256 (one per line, joined with newlines).
 
     Example:
-        >>> len(inputs(SimilarityConfig())["sentences"])
+        >>> len(inputs(SimilarityConfig()).sha256["sentences"])
         64
     """
     from mechprobe.corpus.text import text_source
 
-    return {"sentences": text_source("\n".join(load_sentences(config))).sha256}
+    sentences = load_sentences(config)
+    return Inputs({"sentences": text_source("\n".join(sentences)).sha256}, sentences)
 
 
 def iter_layer_units(
@@ -190,13 +199,16 @@ def _bootstrapped(
         yield xs
 
 
-def run(config: SimilarityConfig, model: Any, reference: Any = None) -> ExperimentResult:
+def run(
+    config: SimilarityConfig, model: Any, reference: Any = None, data: list[str] | None = None
+) -> ExperimentResult:
     """Run the Q/K/V similarity sweep over layers.
 
     Args:
         config: The settings, resolved (`resolve`).
         model: A TransformerLens bridge.
         reference: Unused (the analysis needs no HF reference).
+        data: The sentences (`inputs`); None: read what ``config.sentences`` names.
 
     Returns:
         ``ExperimentResult("similarity")`` with arrays ``variance``, ``mean``
@@ -221,7 +233,7 @@ def run(config: SimilarityConfig, model: Any, reference: Any = None) -> Experime
     from mechprobe.validate import check_context
 
     t0 = time.perf_counter()
-    sentences = load_sentences(config)
+    sentences = load_sentences(config) if data is None else data
     encoded = encode_sentences(model.tokenizer, sentences, config.target)
     check_context(encoded.tokens.shape[1], model_shape(model).n_ctx, "the longest sentence")
     layout = layout_of(model)

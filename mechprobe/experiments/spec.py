@@ -180,6 +180,27 @@ class Finding:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """The data a run reads, loaded once, and the sha256 of each input.
+
+    `Experiment.inputs` loads them (downloading once, reading files once) and the runner passes
+    ``data`` on to `Experiment.run`, so that nothing is read or hashed twice.
+
+    Attributes:
+        sha256: ``{name: hex sha256}`` of each input, for the manifest.
+        data: What ``run`` reads (a text source, sentences, a probe's documents and classes);
+            None where the config's literal values are all it needs.
+
+    Example:
+        >>> Inputs({"text": "ab12"}).sha256
+        {'text': 'ab12'}
+    """
+
+    sha256: dict[str, str]
+    data: Any = None
+
+
 def verdict_of(holds: bool | None, partly: bool = False) -> str:
     """The verdict word of a boolean test (None: not tested; ``partly``: partly holds).
 
@@ -219,13 +240,15 @@ class Experiment:
         title: Heading in the report.
         help: One line for ``mechprobe --help``.
         config: The config dataclass (fields declared with `option`).
-        run: ``run(config, model, reference) -> ExperimentResult``; ``reference`` is the HF
-            ``(model, tokenizer)`` pair when ``needs_reference``, else None.
+        run: ``run(config, model, reference, data) -> ExperimentResult``; ``reference`` is the
+            HF ``(model, tokenizer)`` pair when ``needs_reference``, else None; ``data`` is
+            `Inputs.data` (None: ``run`` loads what the config names itself).
         resolve: ``resolve(config, shape) -> config``: fill model-dependent defaults and
             validate every setting against the model's shape; raises `ConfigError` naming each
             bad setting. Cheap: runs before the model is loaded when the shape is known.
-        inputs: ``inputs(config) -> {name: sha256}`` of the data the run reads (texts); may load
-            or download them, so a missing file fails before the model is loaded.
+        inputs: ``inputs(config) -> Inputs``: the data the run reads (texts, classes,
+            sentences), loaded once, with their sha256; may download them, so a missing file
+            fails before the model is loaded.
         figures: The figures the plot module draws, in report order.
         finding: ``finding(result) -> Finding`` (None: the experiment tests no claim).
         table: ``table(result) -> str``, printed after the run.
@@ -245,9 +268,9 @@ class Experiment:
     title: str
     help: str
     config: type
-    run: Callable[[Any, Any, Any], Any]
+    run: Callable[..., Any]
     resolve: Callable[[Any, ModelShape], Any]
-    inputs: Callable[[Any], dict[str, str]]
+    inputs: Callable[[Any], Inputs]
     figures: tuple[Figure, ...]
     table: Callable[[Any], str]
     finding: Callable[[Any], Finding] | None = None
@@ -267,11 +290,11 @@ class Experiment:
         raise KeyError(f"{self.name} declares no figure {name!r}")
 
 
-def no_inputs(config: Any) -> dict[str, str]:
-    """`Experiment.inputs` of an experiment whose texts are all literal config values.
+def no_inputs(config: Any) -> Inputs:
+    """`Experiment.inputs` of an experiment that reads nothing beyond its config's values.
 
     Example:
-        >>> no_inputs(None)
+        >>> no_inputs(None).sha256
         {}
     """
-    return {}
+    return Inputs({})

@@ -85,8 +85,6 @@ def tune_cpu_allocator(mmap_mb: int = 256, trim_mb: int = 512) -> bool:
 
 
 def _prepare(hf: Any, device: torch.device, dtype: torch.dtype) -> Any:
-    if device.type == "cpu":
-        tune_cpu_allocator()
     return hf.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
@@ -98,7 +96,6 @@ def _place(
         return _prepare(hf, resolve_device(device), dtype)
     if not placement.mapped:
         return _prepare(hf, resolve_device(placement.device), placement.torch_dtype())
-    tune_cpu_allocator()
     return dispatch(hf.eval().requires_grad_(False), placement)
 
 

@@ -4,3 +4,21 @@ One module per experiment (``mechprobe.plots.<experiment>``), each with ``figure
 returns ``{figure name: plotly Figure or None}`` for the figures its experiment's spec declares;
 `mechprobe.plots.theme` gives every figure the same look; `mechprobe.plots.export` writes them.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+
+def figures_of(result: Any) -> dict[str, Any]:
+    """The figures of an experiment's result: ``mechprobe.plots.<result.name>.figures(result)``.
+
+    Example:
+        >>> from mechprobe.experiments.result import ExperimentResult
+        >>> figures_of(ExperimentResult("nope"))
+        Traceback (most recent call last):
+        ...
+        ModuleNotFoundError: No module named 'mechprobe.plots.nope'
+    """
+    return dict(importlib.import_module(f"mechprobe.plots.{result.name}").figures(result))

@@ -173,12 +173,13 @@ def run_steps(request: RunRequest, *, log: Callable[[str], None] = _log) -> RunO
         resolved = resolve_steps(request.steps, shape) if shape is not None else None
         model_id = describe(request.model)
         device = request.placement.label(_device_type(request.placement))
-        requests, todo = {}, []
+        requests, todo, data = {}, [], {}
         for step in request.steps:
             name = step.spec.name
-            inputs = step.spec.inputs(step.requested())
+            loaded = step.spec.inputs(step.requested())
+            data[name] = loaded.data
             requests[name] = make_request(
-                name, model_id, dataclasses.asdict(step.requested()), inputs, device
+                name, model_id, dataclasses.asdict(step.requested()), loaded.sha256, device
             )
             manifest = read_manifest(out / name)
             why = mismatch(manifest, requests[name]) if request.resume else "not resuming"
@@ -201,7 +202,12 @@ def run_steps(request: RunRequest, *, log: Callable[[str], None] = _log) -> RunO
                 name = step.spec.name
                 log(f"[{i}/{len(todo)}] {name}")
                 outcome.steps[name] = _run_one(
-                    out, step, resolved[name], model, reference, requests[name], request
+                    out,
+                    step,
+                    resolved[name],
+                    (model, reference, data[name]),
+                    requests[name],
+                    request,
                 )
                 outcome.timings[name] = outcome.steps[name].manifest["wall_s"]
                 log(f"[{i}/{len(todo)}] {name}: done in {outcome.timings[name]:.1f} s")
@@ -239,47 +245,22 @@ def _run_one(
     out: Path,
     step: Step,
     config: Any,
-    model: Any,
-    reference: Any,
+    loaded: tuple[Any, Any, Any],
     req: dict[str, Any],
     request: RunRequest,
 ) -> StepOutcome:
-    import importlib
-
+    """Run one step through `mechprobe.experiments.execute` (the library's path), write it."""
     from mechprobe.faults import failpoint
-    from mechprobe.runner.manifest import environment, package_versions
-    from mechprobe.runner.memory import peak_rss_mb, reset_peak
+    from mechprobe.plots import figures_of
+    from mechprobe.runner.execute import execute, step_manifest
     from mechprobe.runner.steps import write_step
 
-    spec = step.spec
-    was_reset = reset_peak()
-    started, t0 = time.time(), time.perf_counter()
-    result = spec.run(config, model, reference if spec.needs_reference else None)
-    compute = time.perf_counter() - t0
-    figures = importlib.import_module(f"mechprobe.plots.{spec.name}").figures(result)
-    wall = time.perf_counter() - t0
-    peak, peak_how = peak_rss_mb(was_reset)
-    failpoint(f"{spec.name}:computed")
-    from mechprobe.models import model_shape
-
-    manifest = {
-        "step": spec.name,
-        "request": req,
-        "model": req["model"],
-        "model_shape": model_shape(model).as_dict(),
-        "config": dataclasses.asdict(config),
-        "inputs": req["inputs"],
-        "versions": package_versions(),
-        "environment": environment(),
-        "command": request.command,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "wall_s": round(wall, 3),
-        "compute_s": round(compute, 3),
-        "peak_rss_mb": round(peak, 1),
-        "peak_rss": peak_how,
-    }
-    path = write_step(out, spec, result, figures, manifest, png=request.png)
+    model, reference, data = loaded
+    run = execute(step.spec, config, model, reference, data)
+    figures = figures_of(run.result)
+    failpoint(f"{step.spec.name}:computed")
+    manifest = step_manifest(run, req, request.command)
+    path = write_step(out, step.spec, run.result, figures, manifest, png=request.png)
     from mechprobe.runner.manifest import read_manifest
 
-    return StepOutcome(path, False, "ran", result, read_manifest(path) or manifest)
+    return StepOutcome(path, False, "ran", run.result, read_manifest(path) or manifest)
