@@ -29,6 +29,15 @@ _EXPORTS = {
     "capture_reference": "mechprobe.reference",
     "fit_logistic": "mechprobe.stats",
     "MechprobeError": "mechprobe.errors",
+    "probe": "mechprobe.api",
+    "negation": "mechprobe.api",
+    "heads": "mechprobe.api",
+    "similarity": "mechprobe.api",
+    "replace": "mechprobe.api",
+    "crosscheck": "mechprobe.api",
+    "load_result": "mechprobe.api",
+    "Result": "mechprobe.api",
+    "ProbeResult": "mechprobe.api",
 }
 
 __all__ = sorted(_EXPORTS)

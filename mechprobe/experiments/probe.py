@@ -225,6 +225,13 @@ def _check_store(p: Problems, config: ProbeConfig) -> None:
             if getattr(config, name) is not None:
                 p.add(name, "is used only with an activation store (store)")
         return
+    missing = _missing_scale_packages(distributed=config.scheduler is not None)
+    if missing:
+        p.add(
+            "scheduler" if missing == ["distributed"] else "store",
+            f"needs {', '.join(missing)}, which the base install leaves out: "
+            "pip install 'mechprobe[scale]'",
+        )
     if config.score_threshold is not None:
         p.check("score_threshold", check_number, config.score_threshold, low=0.0, high=1.0)
     if config.save_activations:
@@ -233,6 +240,19 @@ def _check_store(p: Problems, config: ProbeConfig) -> None:
         p.add("method", "firth for every unit is not fitted from an activation store")
     if config.scheduler is not None and "://" not in config.scheduler:
         p.add("scheduler", f"expected an address such as tcp://HOST:8786, got {config.scheduler!r}")
+
+
+def _missing_scale_packages(distributed: bool) -> list[str]:
+    """The packages of the ``scale`` extra that a store (and a scheduler) need and lack.
+
+    Example:
+        >>> _missing_scale_packages(distributed=False)
+        []
+    """
+    import importlib.util
+
+    names = ["zarr", "dask"] + (["distributed"] if distributed else [])
+    return [n for n in names if importlib.util.find_spec(n) is None]
 
 
 def inputs(config: ProbeConfig) -> Inputs:

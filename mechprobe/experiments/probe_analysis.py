@@ -28,7 +28,7 @@ def analyse(config: Any, model: Any, samples: ProbeSamples) -> ExperimentResult:
     from mechprobe.hooks import EMBED
     from mechprobe.models.registry import model_shape
     from mechprobe.stats.controls import control_task_labels, shuffled_labels
-    from mechprobe.stats.heldout import grouped_folds, window_groups
+    from mechprobe.stats.heldout import window_groups
     from mechprobe.stats.probe import analyse_family
     from mechprobe.units import layout_of
 
@@ -60,12 +60,14 @@ def analyse(config: Any, model: Any, samples: ProbeSamples) -> ExperimentResult:
         timing["forward"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    folds = None
+    folds, heldout_note = None, None
     if config.folds:
         groups = window_groups(
             samples.positions, pre, config.context_post, sequences=samples.documents
         )
-        folds = grouped_folds(labels, groups, config.folds, seed=config.seed)
+        folds, heldout_note = _folds_or_fewer(labels, groups, config.folds, config.seed)
+        if folds is None:
+            config = replace(config, folds=0)
 
     control = control_task_labels(samples.word_types, labels, config.seed) if controls else None
     shuffled = shuffled_labels(labels, config.seed) if controls else None
@@ -198,7 +200,47 @@ def analyse(config: Any, model: Any, samples: ProbeSamples) -> ExperimentResult:
     }
     if stored is not None:
         summary["store"] = stored.info
+    if heldout_note is not None:
+        summary["heldout_note"] = heldout_note
     return ExperimentResult("probe", arrays, summary)
+
+
+def _folds_or_fewer(
+    labels: np.ndarray, groups: np.ndarray, n_folds: int, seed: int
+) -> tuple[np.ndarray | None, str | None]:
+    """Grouped folds; fewer (down to 2) when the groups allow no more; None when not even 2.
+
+    The held-out statistics are an addition to the course's in-sample ones: when they cannot
+    be made, the note says why and the rest of the probe goes on.
+
+    Example:
+        >>> y = np.array([0, 1] * 6)
+        >>> _folds_or_fewer(y, np.arange(12) // 4, 5, 0)[1]
+        'held-out statistics over 3 folds, not 5: class 0 occurs in only 3 group(s) of ...'
+        >>> _folds_or_fewer(y, np.zeros(12, dtype=int), 5, 0)
+        (None, 'held-out statistics unavailable: class 0 occurs in only 1 group(s) of ...')
+    """
+    import sys
+
+    from mechprobe.errors import MechprobeError
+    from mechprobe.stats.heldout import grouped_folds
+
+    first = None
+    for k in range(n_folds, 1, -1):
+        try:
+            folds = grouped_folds(labels, groups, k, seed=seed)
+        except MechprobeError as exc:
+            first = first or str(exc).split(": use fewer")[0]
+            continue
+        note = (
+            None if k == n_folds else f"held-out statistics over {k} folds, not {n_folds}: {first}"
+        )
+        if note:
+            print(f"[probe] {note}", file=sys.stderr)
+        return folds, note
+    note = f"held-out statistics unavailable: {first}"
+    print(f"[probe] {note}; the in-sample statistics are computed", file=sys.stderr)
+    return None, note
 
 
 def _stack(results: list[dict[str, Any]], part: str, key: str) -> np.ndarray:

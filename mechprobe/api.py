@@ -1,0 +1,531 @@
+"""mechprobe as a library: one call per experiment, labelled results, no hidden side effects.
+
+Each function takes a loaded model (or a model name) and plain Python values, runs the same
+code as the command line (`mechprobe.runner.execute.execute`) and returns a `Result`: ``.ds``
+(an ``xarray.Dataset`` with named dimensions and the provenance as attributes),
+``.to_dataframe()`` (a long pandas table), ``.finding`` (the verdict and its numbers),
+``.figures()`` (the report's plotly figures) and ``.save(out)`` (exactly what the CLI writes).
+`load_result` reads any step directory back, CLI runs included.
+
+Example:
+    >>> import mechprobe
+    >>> story = "It is not here. The old keeper walked along the harbour wall. We can go. "
+    >>> res = mechprobe.probe(model, story * 40,
+    ...                       {"affirmation": ["can"], "negation": ["not"]},
+    ...                       families=["mlp"], layers=[0, 1], context_pre=8, context_post=2)
+    >>> df = res.to_dataframe()
+    >>> len(df), list(df.columns)  # doctest: +NORMALIZE_WHITESPACE
+    (512, ['family', 'layer', 'unit', 'beta', 'pvalue', 'significant', 'accuracy',
+           'converged', 'separated', 'heldout_accuracy', 'heldout_auc', 'control_accuracy',
+           'firth_beta', 'firth_pvalue'])
+    >>> res.samples["class"].value_counts().to_dict()
+    {'affirmation': 40, 'negation': 39}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from mechprobe.errors import MechprobeError
+from mechprobe.experiments import get
+from mechprobe.experiments.result import ExperimentResult
+from mechprobe.experiments.spec import Experiment, Finding
+
+__all__ = [
+    "ProbeResult",
+    "Result",
+    "crosscheck",
+    "heads",
+    "load_result",
+    "negation",
+    "probe",
+    "replace",
+    "similarity",
+]
+
+
+class Result:
+    """An experiment's result with labels: dataset, table, finding, figures, save.
+
+    Attributes:
+        raw: The arrays and summary as the experiment returned them (``ExperimentResult``).
+        manifest: What was asked for and how it ran (model, settings, inputs' sha256, times).
+    """
+
+    def __init__(self, raw: ExperimentResult, manifest: dict[str, Any]) -> None:
+        self.raw = raw
+        self.manifest = manifest
+
+    @property
+    def spec(self) -> Experiment:
+        """The experiment's spec."""
+        return get(self.raw.name)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The JSON summary (``summary.json``)."""
+        return self.raw.summary
+
+    @cached_property
+    def ds(self) -> Any:
+        """The arrays as an ``xarray.Dataset``: named dimensions, provenance in ``attrs``."""
+        from mechprobe.experiments.labelled import to_dataset
+
+        keep = ("model", "config", "inputs", "command", "started")
+        return to_dataset(self.raw, {k: self.manifest[k] for k in keep if k in self.manifest})
+
+    def to_dataframe(self) -> Any:
+        """A long table: one row per value, a column per dimension, ``variable`` and ``value``.
+
+        Example:
+            >>> res = similarity(model, n_boot=0)
+            >>> list(res.to_dataframe().columns)[:3]
+            ['variable', 'value', 'position']
+        """
+        import pandas as pd
+
+        frames = []
+        for name, var in self.ds.data_vars.items():
+            if var.dtype.kind in "US":
+                continue
+            frame = var.to_dataframe(name="value").reset_index()
+            frame.insert(0, "variable", name)
+            frames.append(frame)
+        out = pd.concat(frames, ignore_index=True)
+        return out[
+            ["variable", "value", *[c for c in out.columns if c not in ("variable", "value")]]
+        ]
+
+    @property
+    def finding(self) -> Finding | None:
+        """The course's claim, this run's numbers and the verdict (None: no claim tested)."""
+        return None if self.spec.finding is None else self.spec.finding(self.raw)
+
+    def figures(self) -> dict[str, Any]:
+        """The report's plotly figures, by name (the same builders as the report)."""
+        from mechprobe.plots import figures_of
+
+        return {k: v for k, v in figures_of(self.raw).items() if v is not None}
+
+    def save(self, out: str | Path, *, png: bool | None = False) -> Path:
+        """Write ``out/<experiment>/`` exactly as the CLI does, and the report ``out/index.html``.
+
+        Args:
+            out: The output directory (created; locked while writing).
+            png: Also export PNG figures (None: when a browser is available).
+
+        Returns:
+            The step directory, which `load_result` reads back.
+        """
+        from mechprobe.report import build_report
+        from mechprobe.runner.lock import out_lock
+        from mechprobe.runner.steps import write_step
+
+        with out_lock(Path(out), self.manifest.get("command", "mechprobe (library call)")) as o:
+            manifest = {k: v for k, v in self.manifest.items() if k not in ("format", "files")}
+            path = write_step(o, self.spec, self.raw, self.figures(), manifest, png=png)
+            build_report(o)
+        return path
+
+    def __repr__(self) -> str:
+        model = self.manifest.get("model", {}).get("model", "?")
+        finding = self.finding
+        verdict = f", {finding.verdict}: {finding.key}" if finding else ""
+        sizes = ", ".join(f"{k} {v}" for k, v in self.ds.sizes.items())
+        return f"<{self.raw.name} on {model}{verdict}; {sizes}>"
+
+
+class ProbeResult(Result):
+    """A probe's (or E1's) result: per-unit statistics, samples, per-family verdict."""
+
+    def to_dataframe(self) -> Any:
+        """One row per family x layer x unit (x contrast for more than two classes).
+
+        Columns: ``family``, ``layer``, ``unit`` (``contrast``), ``beta``, ``pvalue``,
+        ``significant``, ``accuracy``, ``converged``, ``separated``, and where computed
+        ``heldout_accuracy``, ``heldout_auc``, ``control_accuracy``, ``firth_beta``,
+        ``firth_pvalue``.
+        """
+        from mechprobe.experiments.labelled import PROBE_STATS
+
+        ds = self.ds
+        stats = [s for s in PROBE_STATS if s in ds]
+        frame = ds[stats].to_dataframe().reset_index()
+        n_units = dict(
+            zip(ds["family"].values.tolist(), ds["n_units"].values.tolist(), strict=True)
+        )
+        frame = frame[frame["unit"] < frame["family"].map(n_units)].reset_index(drop=True)
+        for col in ("significant", "converged", "separated"):
+            if col in frame:
+                frame[col] = frame[col].astype(bool)
+        keys = [c for c in ("family", "contrast", "layer", "unit") if c in frame]
+        return frame[keys + stats]
+
+    @property
+    def samples(self) -> Any:
+        """The samples: one row each, in the order of the arrays.
+
+        Columns: ``doc``, ``position`` (token index in its tokenised document), ``token``,
+        ``class``, ``label`` and, where held-out folds were made, ``fold``.
+        """
+        import pandas as pd
+
+        ds = self.ds
+        cols = {"doc": "doc", "position": "position", "token": "token", "class": "class"}
+        frame = pd.DataFrame({k: ds[v].values for k, v in cols.items() if v in ds})
+        frame["label"] = ds["label"].values.astype(int)
+        if "fold" in ds:
+            frame["fold"] = ds["fold"].values.astype(int)
+        return frame
+
+    def __repr__(self) -> str:
+        s = self.summary
+        model = self.manifest.get("model", {}).get("model", "?")
+        lines = [
+            f"<{self.raw.name} on {model}: "
+            + ", ".join(f"{n} {k}" for k, n in s.get("n_samples", {}).items())
+            + " samples"
+        ]
+        for fam in s.get("components", []):
+            rows = [(r["layer"], r.get(fam, {})) for r in s.get("per_layer", [])]
+            scored = [(lay, r) for lay, r in rows if "mean_heldout_accuracy" in r]
+            if scored:
+                lay, r = max(scored, key=lambda t: t[1]["mean_heldout_accuracy"])
+                sel = r.get("selectivity")
+                sel_text = "" if sel is None else f", selectivity {sel:+.3f}"
+                lines.append(
+                    f"  {fam}: best layer {lay}, mean held-out accuracy "
+                    f"{r['mean_heldout_accuracy']:.3f}{sel_text}"
+                )
+            elif rows:
+                lay, r = max(rows, key=lambda t: t[1].get("percent_significant", 0.0))
+                lines.append(
+                    f"  {fam}: most significant layer {lay} "
+                    f"({r.get('percent_significant', 0.0):.1f}% of units)"
+                )
+        finding = self.finding
+        if finding is not None:
+            lines.append(f"  verdict: {finding.verdict} ({finding.key})")
+        return "\n".join(lines) + ">"
+
+
+# ------------------------------------------------------------------------------ inputs
+
+
+def _model(model: Any) -> Any:
+    """A loaded model: the bridge as given, or ``load_model(name)`` for a name."""
+    if isinstance(model, (str, Path)):
+        from mechprobe.models import load_model
+
+        return load_model(str(model))
+    if not hasattr(model, "tokenizer"):
+        raise MechprobeError(f"expected a model name or a loaded model, got {type(model).__name__}")
+    return model
+
+
+def _reference(model: Any, reference: Any) -> Any:
+    if reference is not None:
+        return reference
+    name = getattr(model, "mechprobe_name", None)
+    if name is None:
+        raise MechprobeError(
+            "this experiment compares with the HF reference: pass reference=(hf_model, "
+            "tokenizer), or a model loaded by mechprobe.load_model"
+        )
+    from mechprobe.models import load_reference
+
+    return load_reference(name, placement=getattr(model, "mechprobe_placement", None))
+
+
+def _texts(text: Any, max_bytes: int) -> list[Any]:
+    """Documents from a library value: a str is the text, a Path a file, URLs download."""
+    from mechprobe.corpus.text import TextSource, load_text, resolve_source, text_source
+
+    if isinstance(text, (str, Path, TextSource)):
+        items: Sequence[Any] = [text]
+    elif isinstance(text, Sequence) and text:
+        items = text
+    else:
+        raise MechprobeError(f"text: expected a str, a Path or a list of them, got {text!r}")
+    out = []
+    for item in items:
+        if isinstance(item, TextSource):
+            out.append(item)
+        elif isinstance(item, Path):
+            out.append(load_text(str(item), max_bytes=max_bytes))
+        elif isinstance(item, str):
+            is_url = resolve_source(item)[0] == "url" if ":" in item[:16] else False
+            out.append(load_text(item, max_bytes=max_bytes) if is_url else text_source(item))
+        else:
+            raise MechprobeError(f"text: expected str or Path items, got {type(item).__name__}")
+    return out
+
+
+def _classes(classes: Any) -> tuple[Any, str, str]:
+    """A class set from a mapping or a file path; its sha256 and a description."""
+    from mechprobe.corpus.classes import ClassSet, classes_from_dict, load_classes
+    from mechprobe.io import sha256_file
+
+    if isinstance(classes, ClassSet):
+        return classes, hashlib.sha256(repr(classes).encode()).hexdigest(), classes.source
+    if isinstance(classes, (str, Path)):
+        return load_classes(classes), sha256_file(classes), str(classes)
+    if not isinstance(classes, Mapping):
+        raise MechprobeError(
+            f"classes: expected a mapping of class names or a class file, got {classes!r}"
+        )
+    entries = []
+    for name, rule in classes.items():
+        if isinstance(rule, Mapping):
+            entries.append({"name": name, **rule})
+        elif isinstance(rule, (list, tuple, set, frozenset)) and not isinstance(rule, str):
+            entries.append(
+                {
+                    "name": name,
+                    "words": sorted(rule) if isinstance(rule, (set, frozenset)) else list(rule),
+                }
+            )
+        else:
+            raise MechprobeError(
+                f"classes: class {name!r} needs a list of words or a rule dict, got {rule!r}"
+            )
+    raw = json.dumps({"class": entries}, sort_keys=True)
+    return (
+        classes_from_dict({"class": entries}, "classes"),
+        hashlib.sha256(raw.encode()).hexdigest(),
+        "classes (dict)",
+    )
+
+
+def _config(spec: Experiment, options: Mapping[str, Any]) -> Any:
+    """``spec.config(**options)``, with one line naming any unknown option."""
+    names = {f.name for f in dataclasses.fields(spec.config)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise MechprobeError(
+            f"{spec.name}: unknown option(s) {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(names))})"
+        )
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    return spec.config(**values)
+
+
+def _run(
+    spec: Experiment, config: Any, model: Any, reference: Any = None, data: Any = None
+) -> Result:
+    """Resolve ``config`` once against the model, run it through the CLI's path, label it."""
+    from mechprobe.models import describe, model_shape
+    from mechprobe.runner.execute import execute, step_manifest
+    from mechprobe.runner.manifest import request
+
+    model = _model(model)
+    resolved = spec.resolve(config, model_shape(model))
+    if data is None:
+        loaded = spec.inputs(config)
+        data, sha = loaded.data, loaded.sha256
+    else:
+        sha = dict(data.sha256)
+    ref = _reference(model, reference) if spec.needs_reference else None
+    name = getattr(model, "mechprobe_name", None)
+    model_id = describe(name) if name else {"model": type(model).__name__, "source": "in memory"}
+    device = str(next(model.parameters()).device.type)
+    req = request(spec.name, model_id, dataclasses.asdict(config), sha, device)
+    run = execute(spec, resolved, model, ref, data)
+    manifest = step_manifest(run, req, "mechprobe (library call)")
+    kind = ProbeResult if spec.name in ("probe", "negation") else Result
+    return kind(run.result, manifest)
+
+
+# ------------------------------------------------------------------------------ experiments
+
+
+def probe(
+    model: Any,
+    text: Any,
+    classes: Any,
+    *,
+    families: Sequence[str] = ("qkv", "mlp"),
+    layers: Sequence[int] | None = None,
+    context_pre: int = 90,
+    context_post: int = 10,
+    folds: int = 5,
+    method: str = "ml",
+    correction: str = "bonferroni",
+    alpha: float = 0.05,
+    max_samples: int | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> ProbeResult:
+    """Probe every unit at tokens of your own classes, with held-out statistics and controls.
+
+    Args:
+        model: A model from `mechprobe.load_model`, or a model name.
+        text: The text itself (a ``str``), a file (a ``pathlib.Path``), ``"gutenberg:ID"`` or an
+            http(s) URL, or a list of these (several documents; no window crosses one).
+        classes: ``{"present": ["is", "are"], "past": ["was", "were"]}`` (name to words), or
+            name to a rule dict with the class file's keys (``words``, ``regex``, ``contains``,
+            ``next_starts_with_space``, ``next_not``), or a TOML/JSON class file's path.
+            Labels follow the order given.
+        families: Hook-point families: ``qkv``, ``mlp``, ``resid_post``, ``attn_z``, ``mlp_post``.
+        layers: Layer indices (None: every layer).
+        context_pre: Tokens of context before each sample.
+        context_post: Tokens after each sample.
+        folds: Held-out folds (0: none), grouped so overlapping windows stay together.
+        method: ``ml`` (the course's) or ``firth`` for every unit.
+        correction: ``bonferroni`` or ``fdr`` within each layer and family.
+        alpha: Significance level.
+        max_samples: Keep the first N samples of each class.
+        seed: Seed of the folds, the control task and the shuffle.
+        **options: Any other setting of ``mechprobe probe`` (``unit="word"``, ``balance=True``,
+            ``no_controls=True``, ...), by its config name.
+
+    Returns:
+        A `ProbeResult`.
+
+    Example:
+        >>> story = "We can go. The keeper walked along the old harbour wall. It is not here. "
+        >>> res = probe(model, story * 40,
+        ...             {"modal": ["can"], "negation": ["not"]}, families=["mlp"], layers=[1],
+        ...             context_pre=6, context_post=2, folds=2)
+        >>> len(res.to_dataframe()), sorted(res.samples["class"].unique())
+        (256, ['modal', 'negation'])
+    """
+    from mechprobe.experiments.probe_samples import probe_data
+
+    spec = get("probe")
+    config = _config(
+        spec,
+        {
+            "components": tuple(families),
+            "layers": None if layers is None else tuple(layers),
+            "context_pre": context_pre,
+            "context_post": context_post,
+            "folds": folds,
+            "method": method,
+            "correction": correction,
+            "alpha": alpha,
+            "max_samples": max_samples,
+            "seed": seed,
+            **options,
+        },
+    )
+    class_set, class_sha, class_source = _classes(classes)
+    docs = _texts(text, int(config.max_download_mb * 2**20))
+    data = probe_data(docs, class_set, class_sha, class_source)
+    result = _run(spec, config, model, data=data)
+    assert isinstance(result, ProbeResult)
+    return result
+
+
+def negation(model: Any, text: Any = None, **options: Any) -> ProbeResult:
+    """E1: the course's negation probe of every Q/K/V and MLP unit.
+
+    Args:
+        model: A model or a model name.
+        text: As for `probe` (None: ``$MECHPROBE_TEXT``, else *The Variable Man*).
+        **options: Settings of ``mechprobe negation`` by config name.
+
+    Example:
+        >>> story = "We can go. The keeper walked along the old harbour wall. It is not here. "
+        >>> res = negation(model, story * 40, layers=[1],
+        ...                context_pre=6, context_post=2, folds=2)
+        >>> res.finding.verdict in ("holds", "partly holds", "does not hold")
+        True
+    """
+    spec = get("negation")
+    config = _config(spec, options)
+    data = None
+    if text is not None:
+        from mechprobe.corpus.classes import negation_preset
+        from mechprobe.corpus.text import text_source
+        from mechprobe.experiments.probe_samples import _preset_text, probe_data
+
+        docs = _texts(text, int(config.max_download_mb * 2**20))
+        sha = text_source(_preset_text()).sha256
+        data = probe_data(docs, negation_preset(), sha, "negation preset")
+    result = _run(spec, config, model, data=data)
+    assert isinstance(result, ProbeResult)
+    return result
+
+
+def heads(model: Any, *, reference: Any = None, **options: Any) -> Result:
+    """E2: raw QK scores at every layer, and the course's dissection of one layer.
+
+    Args:
+        model: A model or a model name.
+        reference: The HF ``(model, tokenizer)`` for the parity checks (default: loaded).
+        **options: Settings of ``mechprobe heads`` by config name (``layer``, ``text``, ...).
+
+    Example:
+        >>> res = heads(model, n_boot=100)
+        >>> res.ds["pattern"].dims
+        ('head', 'pos', 'key_pos')
+    """
+    spec = get("heads")
+    return _run(spec, _config(spec, options), model, reference)
+
+
+def similarity(model: Any, **options: Any) -> Result:
+    """E3: Q/K/V variance, means and unit-by-unit cosines at every layer.
+
+    Example:
+        >>> res = similarity(model, n_boot=0)
+        >>> res.ds["hist"].dims
+        ('position', 'block', 'layer', 'bin')
+    """
+    spec = get("similarity")
+    return _run(spec, _config(spec, options), model)
+
+
+def replace(model: Any, *, reference: Any = None, **options: Any) -> Result:
+    """E4: zero a head, noise MLP units, scale a block; parity with HF hooks.
+
+    Example:
+        >>> res = replace(model, n_boot=100)
+        >>> res.ds["baseline_values"].dims
+        ('hidden_state', 'd_model')
+    """
+    spec = get("replace")
+    return _run(spec, _config(spec, options), model, reference)
+
+
+def crosscheck(model: Any, *, reference: Any = None, **options: Any) -> Result:
+    """Every TransformerLens hook against plain HF hooks, every layer.
+
+    Example:
+        >>> res = crosscheck(model)
+        >>> bool(res.summary["passed"]), res.ds["max_abs_diff"].dims
+        (True, ('check', 'layer'))
+    """
+    spec = get("crosscheck")
+    return _run(spec, _config(spec, options), model, reference)
+
+
+def load_result(path: str | Path) -> Result:
+    """Read a step directory (``OUT/<experiment>/``, from the CLI or `Result.save`) back.
+
+    Example:
+        >>> step = similarity(model, n_boot=0).save("lib-out")
+        >>> load_result(step).ds["hist"].dims
+        ('position', 'block', 'layer', 'bin')
+    """
+    from mechprobe.runner.manifest import read_manifest
+    from mechprobe.runner.steps import load_result as load_step
+
+    path = Path(path)
+    if not (path / "arrays.npz").is_file():
+        steps = sorted(p.parent.name for p in path.glob("*/arrays.npz"))
+        hint = f" (it holds the steps {', '.join(steps)}: name one)" if steps else ""
+        raise MechprobeError(f"{path}: no step directory (arrays.npz missing){hint}")
+    manifest = read_manifest(path) or {}
+    raw = load_step(path)
+    name = manifest.get("step", raw.name)
+    raw = ExperimentResult(name, raw.arrays, raw.summary)
+    kind = ProbeResult if name in ("probe", "negation") else Result
+    return kind(raw, manifest)
