@@ -24,118 +24,24 @@ def analyse(config: Any, model: Any, samples: ProbeSamples) -> ExperimentResult:
     With ``config.store`` the units go through an activation store and are fitted from it
     (`mechprobe.experiments.probe_store`); the held-out statistics and controls are skipped.
     """
-    from mechprobe.activations import collect, collect_units
-    from mechprobe.hooks import EMBED
-    from mechprobe.models.registry import model_shape
-    from mechprobe.stats.controls import control_task_labels, shuffled_labels
-    from mechprobe.stats.heldout import window_groups
-    from mechprobe.stats.probe import analyse_family
     from mechprobe.units import layout_of
 
-    pre, layers, layout = config.context_pre, list(config.layers), layout_of(model)
-    timing: dict[str, float] = {}
-    labels = samples.labels
-    pairs = contrasts(samples.names, labels)
+    layout, timing = layout_of(model), {}
+    pairs = contrasts(samples.names, samples.labels)
 
     def groups_of(fam: str, width: int) -> dict[str, slice]:
         return layout.groups(fam, width) if fam == "qkv" else {fam: slice(0, width)}
 
-    stored = None
-    if config.store:
-        from mechprobe.experiments.probe_store import store_results
-
-        stored = store_results(config, model, samples, len(pairs), groups_of, timing)
-        config = replace(config, folds=0, no_controls=True)  # not computed from a store
-        acts: dict[str, Any] = {}
-    else:
-        t0 = time.perf_counter()
-        acts = collect_units(
-            model, samples.windows, pre, layers, config.components, batch_size=config.batch_size
-        )
-    controls = not config.no_controls
-    if controls:
-        embed = collect(model, samples.windows, [EMBED], positions=pre, progress=False)[EMBED]
-        acts["embed"] = embed[:, None, :]
-    if stored is None:
-        timing["forward"] = time.perf_counter() - t0
-
+    acts, stored, config = _collect(config, model, samples, len(pairs), groups_of, timing)
     t0 = time.perf_counter()
-    folds, heldout_note = None, None
-    if config.folds:
-        groups = window_groups(
-            samples.positions, pre, config.context_post, sequences=samples.documents
-        )
-        folds, heldout_note = _folds_or_fewer(labels, groups, config.folds, config.seed)
-        if folds is None:
-            config = replace(config, folds=0)
-
-    control = control_task_labels(samples.word_types, labels, config.seed) if controls else None
-    shuffled = shuffled_labels(labels, config.seed) if controls else None
-    arrays: dict[str, np.ndarray] = {
-        "labels": labels.astype(np.int8),
-        "positions": samples.positions.astype(np.int64),
-        "documents": np.asarray(samples.documents, dtype=np.int64),
-        "tokens": np.asarray(
-            [model.tokenizer.decode([int(t)]) for t in samples.windows[:, pre]], dtype=str
-        ),
-        "layers": np.asarray(layers, dtype=np.int64),
-    }
-    if control is not None:
-        arrays["control_labels"] = np.asarray(control).astype(np.int8)
-    if folds is not None:
-        arrays["folds"] = folds.astype(np.int8)
-
-    def family_results() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-        if stored is not None:
-            yield from stored.results.items()
-            return
-        for fam, x in acts.items():
-            results = []
-            for k, (name, y) in enumerate(pairs):
-                tag = fam if len(pairs) == 1 else f"{fam}:{name}"
-                results.append(
-                    analyse_family(
-                        x,
-                        y,
-                        groups_of(fam, x.shape[2]),
-                        alpha=config.alpha,
-                        correction=config.correction,
-                        folds=folds,
-                        control=None
-                        if control is None
-                        else (control == (k if len(pairs) > 1 else 1)).astype(np.int8),
-                        shuffled=None
-                        if shuffled is None
-                        else (shuffled == (k if len(pairs) > 1 else 1)).astype(np.int8),
-                        method=config.method,
-                        firth_separated=not config.no_firth,
-                        desc=f"fit {tag}",
-                    )
-                )
-            yield fam, results
-
-    fits, per_layer = {}, [{"layer": layer} for layer in layers]
-    thresholds, flags, lexical = {}, {}, {}
-    for fam, results in family_results():
-        if fam == "embed":
-            g = results[0]["groups"]["embed"]
-            lexical = {key: float(v[0]) for key, v in g.items() if not key.startswith("n_")}
-            if results[0]["heldout"] is not None:
-                arrays["embed_heldout_accuracy"] = _stack(results, "heldout", "accuracy")
-            continue
-        fits[fam] = results[0]["fits"]
-        _arrays(arrays, fam, results)
-        thresholds[fam] = [r["p_threshold"].tolist() for r in results]
-        flags[fam] = {
-            k: int(results[0]["groups"][fam][k].sum())
-            for k in ("n_separated", "n_constant", "n_not_converged")
-        }
-        for (name, _), res in zip(pairs, results, strict=True):
-            for group, figs in res["groups"].items():
-                key = group if len(pairs) == 1 else f"{group}:{name}"
-                for i, row in enumerate(per_layer):
-                    row[key] = {k: v[i].item() for k, v in figs.items()}
-                    row[key]["p_threshold"] = float(res["p_threshold"][i])
+    folds, heldout_note, config = _heldout_folds(config, samples)
+    control, shuffled = _control_labels(config, samples)
+    arrays = _sample_arrays(config, model, samples, control, folds)
+    if stored is None:
+        results = _fit_families(config, acts, pairs, groups_of, folds, control, shuffled)
+    else:
+        results = iter(stored.results.items())
+    fits, tables = _arrange(arrays, results, pairs, list(config.layers))
     if stored is None:
         timing["fit"] = time.perf_counter() - t0
         widths = {fam: int(acts[fam].shape[2]) for fam in config.components}
@@ -152,10 +58,209 @@ def analyse(config: Any, model: Any, samples: ProbeSamples) -> ExperimentResult:
         else lambda fam, row, unit: acts[fam][:, row, unit].double().numpy()
     )
     best = best_unit_details(
-        config, model, samples, column, fits, layers, arrays, scale_all=stored is None
+        config, model, samples, column, fits, list(config.layers), arrays, scale_all=stored is None
     )
     timing["best_unit"] = time.perf_counter() - t0
-    summary = {
+    summary = _summary(config, model, samples, pairs, tables, best, timing)
+    summary["n_units"] = {
+        g: sl.stop - sl.start
+        for fam in config.components
+        for g, sl in groups_of(fam, widths[fam]).items()
+    }
+    if stored is not None:
+        summary["store"] = stored.info
+    if heldout_note is not None:
+        summary["heldout_note"] = heldout_note
+    return ExperimentResult("probe", arrays, summary)
+
+
+def _collect(
+    config: Any,
+    model: Any,
+    samples: ProbeSamples,
+    n_pairs: int,
+    groups_of: Callable[[str, int], dict[str, slice]],
+    timing: dict[str, float],
+) -> tuple[dict[str, Any], Any, Any]:
+    """The units at every sample (and the embedding for the lexical baseline), or a store run.
+
+    Returns ``(activations by family, the store's results or None, the config)``; a store run
+    turns the held-out statistics and controls off in the config it returns.
+    """
+    from mechprobe.activations import collect, collect_units
+    from mechprobe.hooks import EMBED
+
+    pre, stored, t0 = config.context_pre, None, time.perf_counter()
+    acts: dict[str, Any] = {}
+    if config.store:
+        from mechprobe.experiments.probe_store import store_results
+
+        stored = store_results(config, model, samples, n_pairs, groups_of, timing)
+        config = replace(config, folds=0, no_controls=True)  # not computed from a store
+    else:
+        acts = collect_units(
+            model,
+            samples.windows,
+            pre,
+            list(config.layers),
+            config.components,
+            batch_size=config.batch_size,
+        )
+    if not config.no_controls:
+        embed = collect(model, samples.windows, [EMBED], positions=pre, progress=False)[EMBED]
+        acts["embed"] = embed[:, None, :]
+    if stored is None:
+        timing["forward"] = time.perf_counter() - t0
+    return acts, stored, config
+
+
+def _heldout_folds(config: Any, samples: ProbeSamples) -> tuple[Any, str | None, Any]:
+    """The grouped folds (or fewer, or None with the reason) and the config that matches."""
+    from mechprobe.stats.heldout import window_groups
+
+    if not config.folds:
+        return None, None, config
+    groups = window_groups(
+        samples.positions, config.context_pre, config.context_post, sequences=samples.documents
+    )
+    folds, note = _folds_or_fewer(samples.labels, groups, config.folds, config.seed)
+    return folds, note, (config if folds is not None else replace(config, folds=0))
+
+
+def _control_labels(config: Any, samples: ProbeSamples) -> tuple[Any, Any]:
+    """The control task's labels (word types get random classes) and the shuffled labels."""
+    from mechprobe.stats.controls import control_task_labels, shuffled_labels
+
+    if config.no_controls:
+        return None, None
+    return (
+        control_task_labels(samples.word_types, samples.labels, config.seed),
+        shuffled_labels(samples.labels, config.seed),
+    )
+
+
+def _sample_arrays(
+    config: Any, model: Any, samples: ProbeSamples, control: Any, folds: Any
+) -> dict[str, np.ndarray]:
+    """The per-sample arrays: labels, where each sample sits, its token, control label, fold."""
+    pre = config.context_pre
+    arrays: dict[str, np.ndarray] = {
+        "labels": samples.labels.astype(np.int8),
+        "positions": samples.positions.astype(np.int64),
+        "documents": np.asarray(samples.documents, dtype=np.int64),
+        "tokens": np.asarray(
+            [model.tokenizer.decode([int(t)]) for t in samples.windows[:, pre]], dtype=str
+        ),
+        "layers": np.asarray(list(config.layers), dtype=np.int64),
+    }
+    if control is not None:
+        arrays["control_labels"] = np.asarray(control).astype(np.int8)
+    if folds is not None:
+        arrays["folds"] = folds.astype(np.int8)
+    return arrays
+
+
+def _fit_families(
+    config: Any,
+    acts: dict[str, Any],
+    pairs: list[tuple[str, np.ndarray]],
+    groups_of: Callable[[str, int], dict[str, slice]],
+    folds: Any,
+    control: Any,
+    shuffled: Any,
+) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """Every family's probes, one per contrast (`mechprobe.stats.probe.analyse_family`)."""
+    from mechprobe.stats.probe import analyse_family
+
+    def one_vs_rest(labels: Any, k: int) -> Any:
+        return None if labels is None else (labels == (k if len(pairs) > 1 else 1)).astype(np.int8)
+
+    for fam, x in acts.items():
+        results = []
+        for k, (name, y) in enumerate(pairs):
+            tag = fam if len(pairs) == 1 else f"{fam}:{name}"
+            results.append(
+                analyse_family(
+                    x,
+                    y,
+                    groups_of(fam, x.shape[2]),
+                    alpha=config.alpha,
+                    correction=config.correction,
+                    folds=folds,
+                    control=one_vs_rest(control, k),
+                    shuffled=one_vs_rest(shuffled, k),
+                    method=config.method,
+                    firth_separated=not config.no_firth,
+                    desc=f"fit {tag}",
+                )
+            )
+        yield fam, results
+
+
+def _arrange(
+    arrays: dict[str, np.ndarray],
+    results: Iterator[tuple[str, list[dict[str, Any]]]],
+    pairs: list[tuple[str, np.ndarray]],
+    layers: list[int],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Add each family's arrays; return its fits and the summary's tables.
+
+    The tables: ``per_layer`` (per layer and group, its figures and p threshold),
+    ``thresholds``, ``fit_flags`` and ``lexical_baseline``.
+    """
+    fits: dict[str, Any] = {}
+    per_layer: list[dict[str, Any]] = [{"layer": layer} for layer in layers]
+    tables: dict[str, Any] = {
+        "thresholds": {},
+        "fit_flags": {},
+        "lexical_baseline": {},
+        "per_layer": per_layer,
+    }
+    for fam, res in results:
+        if fam == "embed":
+            g = res[0]["groups"]["embed"]
+            tables["lexical_baseline"] = {
+                key: float(v[0]) for key, v in g.items() if not key.startswith("n_")
+            }
+            if res[0]["heldout"] is not None:
+                arrays["embed_heldout_accuracy"] = _stack(res, "heldout", "accuracy")
+            continue
+        fits[fam] = res[0]["fits"]
+        _arrays(arrays, fam, res)
+        tables["thresholds"][fam] = [r["p_threshold"].tolist() for r in res]
+        tables["fit_flags"][fam] = {
+            k: int(res[0]["groups"][fam][k].sum())
+            for k in ("n_separated", "n_constant", "n_not_converged")
+        }
+        for (name, _), r in zip(pairs, res, strict=True):
+            for group, figs in r["groups"].items():
+                key = group if len(pairs) == 1 else f"{group}:{name}"
+                for i, row in enumerate(per_layer):
+                    row[key] = {k: v[i].item() for k, v in figs.items()}
+                    row[key]["p_threshold"] = float(r["p_threshold"][i])
+    return fits, tables
+
+
+def _summary(
+    config: Any,
+    model: Any,
+    samples: ProbeSamples,
+    pairs: list[tuple[str, np.ndarray]],
+    tables: dict[str, Any],
+    best: dict[str, Any] | None,
+    timing: dict[str, float],
+) -> dict[str, Any]:
+    """The probe's JSON summary (everything but ``n_units`` and the store's part)."""
+    from mechprobe.models.registry import model_shape
+    from mechprobe.units import layout_of
+
+    labels, layout = samples.labels, layout_of(model)
+    pairs_of_types = list(zip(samples.word_types, labels, strict=True))
+    matched = {
+        n: dict(Counter(t for t, y in pairs_of_types if y == k).most_common(25))
+        for k, n in enumerate(samples.names)
+    }
+    return {
         "data": samples.source,
         "classes": list(samples.names),
         "contrasts": [name for name, _ in pairs],
@@ -163,13 +268,9 @@ def analyse(config: Any, model: Any, samples: ProbeSamples) -> ExperimentResult:
         "n_samples": {n: int((labels == k).sum()) for k, n in enumerate(samples.names)},
         "chance_accuracy": float(np.bincount(labels).max() / len(labels)),
         "n_found": samples.n_found,
-        "layers": layers,
+        "layers": list(config.layers),
         "components": list(config.components),
-        "n_units": {
-            g: sl.stop - sl.start
-            for fam in config.components
-            for g, sl in groups_of(fam, widths[fam]).items()
-        },
+        "n_units": {},
         "qkv_layout": {
             "n_heads": layout.n_heads,
             "n_kv_heads": layout.n_kv_heads,
@@ -180,29 +281,17 @@ def analyse(config: Any, model: Any, samples: ProbeSamples) -> ExperimentResult:
         "correction": config.correction,
         "method": config.method,
         "folds": config.folds,
-        "thresholds": thresholds,
-        "fit_flags": flags,
-        "lexical_baseline": lexical,
+        "thresholds": tables["thresholds"],
+        "fit_flags": tables["fit_flags"],
+        "lexical_baseline": tables["lexical_baseline"],
         "detail_layer": config.detail_layer,
-        "per_layer": per_layer,
+        "per_layer": tables["per_layer"],
         "best_unit": best,
-        "matched_tokens": {
-            n: dict(
-                Counter(
-                    t for t, y in zip(samples.word_types, labels, strict=True) if y == k
-                ).most_common(25)
-            )
-            for k, n in enumerate(samples.names)
-        },
-        "examples": examples(model.tokenizer, samples, pre),
+        "matched_tokens": matched,
+        "examples": examples(model.tokenizer, samples, config.context_pre),
         "model_shape": model_shape(model).as_dict(),
         "timing_s": timing,
     }
-    if stored is not None:
-        summary["store"] = stored.info
-    if heldout_note is not None:
-        summary["heldout_note"] = heldout_note
-    return ExperimentResult("probe", arrays, summary)
 
 
 def _folds_or_fewer(

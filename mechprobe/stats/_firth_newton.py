@@ -95,7 +95,7 @@ def _penalised(
     return lstar, g0, g1, h00, h01, h11, w0, w1, w2, det
 
 
-def _newton(
+def _newton(  # noqa: PLR0915 (one Newton iteration of logistf, step for step; see below)
     xs: Float[torch.Tensor, "units samples"],
     syx: Float[np.ndarray, " units"],
     n1: int,
