@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from mechprobe.errors import MechprobeError
 
 if TYPE_CHECKING:
     from mechprobe.corpus.classes import ClassSet
+    from mechprobe.models.types import Tokenizer
 
 #: Label of an affirmation target.
 AFFIRMATION = 0
@@ -49,7 +50,7 @@ AFFIRMATION_WORDS = frozenset(
 )
 
 
-def tokenize_text(tokenizer: Any, text: str) -> list[int]:
+def tokenize_text(tokenizer: Tokenizer, text: str) -> list[int]:
     """Token ids of the whole text: no BOS or other special tokens, no length warning.
 
     Example:
@@ -63,7 +64,7 @@ def tokenize_text(tokenizer: Any, text: str) -> list[int]:
     return list(enc["input_ids"])
 
 
-def decode_pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+def decode_pieces(tokenizer: Tokenizer, ids: Sequence[int]) -> list[str]:
     """Decode every token on its own: ``[tokenizer.decode([i]) for i in ids]``.
 
     Example:
@@ -239,7 +240,7 @@ class Samples:
 
 
 def prepare_samples(
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     text: str,
     *,
     pre: int,
@@ -282,6 +283,7 @@ def prepare_samples(
             f"(context {pre} before and {post} after a target)"
         )
     pieces = decode_pieces(tokenizer, ids)
+    names: tuple[str, ...]
     if classes is None:
         targets, names = select_targets(pieces, pre, post), ("affirmation", "negation")
     else:
