@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -360,19 +361,22 @@ def classes_from_dict(data: Any, source: str = "<classes>") -> ClassSet:
 
 def _parse(raw: str, fmt: str) -> Any:
     """``raw`` parsed as ``"TOML"`` or ``"JSON"``; a ValueError when it is not valid."""
-    module: Any = json
+    loads: Callable[[str], Any] = json.loads
     if fmt == "TOML":
-        try:
-            import tomllib as module
-        except ModuleNotFoundError:  # Python 3.10
+        if sys.version_info >= (3, 11):
+            import tomllib
+
+            loads = tomllib.loads
+        else:
             try:
-                import tomli as module
+                import tomli
             except ModuleNotFoundError:
                 raise MechprobeError(
                     "reading TOML needs Python 3.11+ or the tomli package; or write JSON"
                 ) from None
+            loads = tomli.loads
     try:
-        return module.loads(raw)
+        return loads(raw)
     except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
         raise ValueError(f"not valid {fmt}: {exc}") from None
 
