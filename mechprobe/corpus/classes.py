@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,11 +362,12 @@ def _parse(raw: str, fmt: str) -> Any:
     """``raw`` parsed as ``"TOML"`` or ``"JSON"``; a ValueError when it is not valid."""
     loads: Callable[[str], Any] = json.loads
     if fmt == "TOML":
-        if sys.version_info >= (3, 11):
-            import tomllib
+        try:
+            # new in Python 3.11, so missing where mypy checks (as Python 3.10)
+            import tomllib  # type: ignore[import-not-found]
 
             loads = tomllib.loads
-        else:
+        except ModuleNotFoundError:  # Python 3.10
             try:
                 import tomli
             except ModuleNotFoundError:
