@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
@@ -29,6 +29,9 @@ from mechprobe.errors import MechprobeError
 from mechprobe.hooks import PRE_BLOCK, HookFn, check_hook_names, stop_layer, unit_hook_names
 from mechprobe.models.registry import model_shape
 from mechprobe.units import heads_to_units
+
+if TYPE_CHECKING:
+    from mechprobe.models.types import Model
 
 Positions = int | Int[Tensor, " batch"] | Sequence[int] | None
 
@@ -57,7 +60,7 @@ LOGITS = "logits"
 _CAUSAL_CLASSES = ("ForCausalLM", "LMHeadModel")
 
 
-def is_causal(model: Any) -> bool:
+def is_causal(model: Model) -> bool:
     """Whether ``model`` (a bridge) is a causal decoder: position p sees only positions <= p.
 
     Example:
@@ -69,7 +72,7 @@ def is_causal(model: Any) -> bool:
 
 
 def collect(
-    model: Any,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     names: Sequence[str],
     *,
@@ -178,7 +181,7 @@ def collect(
 
 
 def collect_units(
-    model: Any,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     positions: Positions,
     layers: Sequence[int],

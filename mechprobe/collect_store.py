@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,13 +34,16 @@ from mechprobe.models.placement import Placement
 from mechprobe.store.fit import connect
 from mechprobe.store.zarr_store import ActivationStore
 
+if TYPE_CHECKING:
+    from mechprobe.models.types import Model
+
 #: Batches per window block (a block is the unit of writing, resuming and distributing).
 BLOCK_BATCHES = 8
 
 
 def open_store(
     url: str,
-    model: Any,
+    model: Model,
     windows: Any,
     labels: np.ndarray,
     positions: np.ndarray,
@@ -80,7 +83,7 @@ def open_store(
     )
 
 
-def collect_block(model: Any, store: ActivationStore, b: int, batch_size: int) -> None:
+def collect_block(model: Model, store: ActivationStore, b: int, batch_size: int) -> None:
     """Collect window block ``b`` of ``store`` with ``model`` and write it."""
     if store.block % batch_size:
         raise MechprobeError(
@@ -102,7 +105,7 @@ def collect_block(model: Any, store: ActivationStore, b: int, batch_size: int) -
 
 
 def collect_to_store(
-    model: Any,
+    model: Model,
     store: ActivationStore,
     *,
     batch_size: int = 32,
@@ -192,7 +195,7 @@ def collect_shard(
 
 
 @functools.lru_cache(maxsize=1)
-def worker_model(name: str, device: str | None = None, placement: Placement | None = None) -> Any:
+def worker_model(name: str, device: str | None = None, placement: Placement | None = None) -> Model:
     """The model ``name``, loaded once per process (a worker keeps it for all its blocks).
 
     Example:

@@ -17,9 +17,12 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mechprobe.errors import MechprobeError
+
+if TYPE_CHECKING:
+    from mechprobe.models.types import Model
 
 HookFn = Callable[[Any, Any], Any]
 
@@ -104,7 +107,7 @@ def residual_names(n_layers: int) -> list[str]:
     return [hook_name(0, "resid_pre")] + [hook_name(L, "resid_post") for L in range(n_layers)]
 
 
-def check_hook_names(model: Any, names: Iterable[str]) -> list[str]:
+def check_hook_names(model: Model, names: Iterable[str]) -> list[str]:
     """Return ``names`` as a list, raising on any name the model does not have.
 
     Example:
@@ -144,7 +147,7 @@ def stop_layer(names: Iterable[str], n_layers: int) -> int | None:
 
 
 @contextlib.contextmanager
-def temporary_hooks(model: Any, fwd_hooks: Sequence[tuple[str, HookFn]]) -> Iterator[Any]:
+def temporary_hooks(model: Model, fwd_hooks: Sequence[tuple[str, HookFn]]) -> Iterator[Model]:
     """Add forward hooks for the duration of a ``with`` block; always remove them.
 
     Args:

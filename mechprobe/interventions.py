@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
@@ -39,6 +39,9 @@ from mechprobe.validate import (
     resolve_positions,
     resolve_units,
 )
+
+if TYPE_CHECKING:
+    from mechprobe.models.types import Model
 
 Units = slice | Sequence[int]
 Positions = int | Sequence[int] | None
@@ -151,7 +154,7 @@ class Intervention:
 
     layer: int
 
-    def validate(self, model: Any, n_tokens: int | None = None) -> None:
+    def validate(self, model: Model, n_tokens: int | None = None) -> None:
         """Raise `MechprobeError` naming the argument if this does not fit ``model``."""
         raise NotImplementedError
 
@@ -164,7 +167,7 @@ class Intervention:
         """The TransformerLens hook function."""
         raise NotImplementedError
 
-    def hooks(self, model: Any, n_tokens: int | None = None) -> list[tuple[str, HookFn]]:
+    def hooks(self, model: Model, n_tokens: int | None = None) -> list[tuple[str, HookFn]]:
         """Validate against ``model`` (and ``n_tokens`` when given) and return the hook pairs.
 
         Example:
@@ -192,7 +195,7 @@ class ZeroHead(Intervention):
     head: int
     component: str = "k"
 
-    def validate(self, model: Any, n_tokens: int | None = None) -> None:
+    def validate(self, model: Model, n_tokens: int | None = None) -> None:
         s = model_shape(model)
         check_index(self.layer, s.n_layers, "layer")
         if self.component not in COMPONENTS:
@@ -232,7 +235,7 @@ class MLPNoise(Intervention):
     std: float = 1.0
     seed: int = 0
 
-    def validate(self, model: Any, n_tokens: int | None = None) -> None:
+    def validate(self, model: Model, n_tokens: int | None = None) -> None:
         s = model_shape(model)
         check_index(self.layer, s.n_layers, "layer")
         resolve_units(self.units, s.d_mlp, "MLP unit")
@@ -265,7 +268,7 @@ class ScaleOutput(Intervention):
     layer: int
     factor: float
 
-    def validate(self, model: Any, n_tokens: int | None = None) -> None:
+    def validate(self, model: Model, n_tokens: int | None = None) -> None:
         check_index(self.layer, model_shape(model).n_layers, "layer")
         check_number(self.factor, what="factor")
 
@@ -278,7 +281,7 @@ class ScaleOutput(Intervention):
 
 
 def intervention_hooks(
-    model: Any, interventions: Sequence[Intervention], n_tokens: int | None = None
+    model: Model, interventions: Sequence[Intervention], n_tokens: int | None = None
 ) -> list[tuple[str, HookFn]]:
     """All ``(hook_name, fn)`` pairs of several interventions, validated, in order.
 
@@ -294,8 +297,8 @@ def intervention_hooks(
 
 @contextlib.contextmanager
 def intervene(
-    model: Any, interventions: Sequence[Intervention], n_tokens: int | None = None
-) -> Iterator[Any]:
+    model: Model, interventions: Sequence[Intervention], n_tokens: int | None = None
+) -> Iterator[Model]:
     """Attach interventions for the duration of a ``with`` block (always removed afterwards).
 
     Example:

@@ -111,7 +111,7 @@ def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, Any]) -> Path:
         >>> write_npz("out/arrays.npz", {"beta": np.zeros(3)})
         PosixPath('out/arrays.npz')
     """
-    clean = {}
+    clean: dict[str, Any] = {}  # Any: np.savez types its keywords as arrays or allow_pickle
     for key, value in arrays.items():
         arr = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
         if arr.dtype == object:
@@ -180,7 +180,7 @@ def recover_directories(parent: str | os.PathLike[str]) -> list[str]:
         >>> recover_directories("out")
         ['removed out/.step.tmp-x']
     """
-    done = []
+    done: list[str] = []
     root = Path(parent)
     if not root.is_dir():
         return done

@@ -8,13 +8,20 @@ order gives the columns of GPT-2's fused ``attn.c_attn`` output. Grouped-query m
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import einops
 import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from mechprobe.models.types import Model
 
 COMPONENTS = ("q", "k", "v")
 
@@ -93,18 +100,19 @@ class QKVLayout:
         """Total Q|K|V units per layer."""
         return sum(self.size(c) for c in COMPONENTS)
 
-    def slice(self, component: str) -> slice:
+    # `builtins.slice` below: inside this class, plain `slice` names the method `slice`.
+    def slice(self, component: str) -> builtins.slice:
         """The columns of ``component`` (``"q"``, ``"k"`` or ``"v"``) among the flat units."""
         if component not in COMPONENTS:
             raise ValueError(f"component must be one of {COMPONENTS}, got {component!r}")
         start = sum(self.size(c) for c in COMPONENTS[: COMPONENTS.index(component)])
         return slice(start, start + self.size(component))
 
-    def slices(self) -> dict[str, slice]:
+    def slices(self) -> dict[str, builtins.slice]:
         """The columns of each component: ``{"q": ..., "k": ..., "v": ...}``."""
         return {c: self.slice(c) for c in COMPONENTS}
 
-    def groups(self, family: str, n_units: int) -> dict[str, slice]:
+    def groups(self, family: str, n_units: int) -> dict[str, builtins.slice]:
         """Unit groups of a family: ``qkv`` -> qkv, q, k, v (GQA-aware); else the family alone.
 
         Example:
@@ -165,7 +173,7 @@ class QKVLayout:
         return out
 
 
-def layout_of(model: object) -> QKVLayout:
+def layout_of(model: Model | PreTrainedModel) -> QKVLayout:
     """Return the `QKVLayout` of a bridge or HF model.
 
     Example:

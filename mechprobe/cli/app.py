@@ -185,7 +185,7 @@ def _names(text: str | None, flag: str) -> list[str]:
 def run_sweep(args: Any, argv: Sequence[str]) -> int:
     """``mechprobe sweep``: every experiment on every model, then the comparative page."""
     from mechprobe.models import static_shape
-    from mechprobe.runner.run import resolve_steps
+    from mechprobe.runner.run import Step, resolve_steps
 
     names = _names(args.experiments, "--experiments")
     placement = _check_common(args, names)
@@ -197,9 +197,11 @@ def run_sweep(args: Any, argv: Sequence[str]) -> int:
     for model in models:  # every setting against every model's shape, before any work
         shape = static_shape(model)
         if shape is not None:
-            resolve_steps(
-                _steps_of(args, names), shape, prefix=lambda s, m=model: f"{m} {s.spec.name}."
-            )
+
+            def prefix(s: Step, m: str = model) -> str:
+                return f"{m} {s.spec.name}."
+
+            resolve_steps(_steps_of(args, names), shape, prefix=prefix)
     _quiet_libraries()
     from mechprobe.runner.sweep import describe_outcome, sweep
 
@@ -218,11 +220,12 @@ def run_sweep(args: Any, argv: Sequence[str]) -> int:
         )
         print(f"{row['model']:<16} {row['status']}{extra}")
     print(f"comparative page: {outcome.page}")
+    specs = registry()
     failed = [
         f"{m} {n}"
         for m, run in outcome.runs.items()
         for n, done in run.steps.items()
-        if registry()[n].passed and registry()[n].passed(done.result) is False
+        if (passed := specs[n].passed) and passed(done.result) is False
     ]
     if failed:
         sys.stderr.write(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from mechprobe.experiments import default_steps, registry
 from mechprobe.experiments.spec import cli_options
@@ -31,9 +32,12 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def common_options(model: bool = True) -> argparse.ArgumentParser:
-    """Options of every run: ``--model``, ``--device`` and placement, ``--out``, ``--resume``."""
-    common = argparse.ArgumentParser(add_help=False)
+def common_options(model: bool = True) -> OneLineParser:
+    """Options of every run: ``--model``, ``--device`` and placement, ``--out``, ``--resume``.
+
+    A parent parser (never parsed itself) of the subcommands, hence of their class.
+    """
+    common = OneLineParser(add_help=False)
     if model:
         common.add_argument(
             "--model",
@@ -94,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, spec in specs.items():
         p = sub.add_parser(name, parents=[common], help=spec.help, description=spec.help)
         for opt in cli_options(spec.config):
-            kwargs = {"dest": f"cfg_{opt.name}", "default": None}
+            kwargs: dict[str, Any] = {"dest": f"cfg_{opt.name}", "default": None}
             text = opt.help + (f" [{', '.join(opt.choices)}]" if opt.choices else "")
             if opt.is_flag:
                 p.add_argument(opt.flag, action="store_true", help=text, **kwargs)

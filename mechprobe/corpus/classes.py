@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -360,19 +360,23 @@ def classes_from_dict(data: Any, source: str = "<classes>") -> ClassSet:
 
 def _parse(raw: str, fmt: str) -> Any:
     """``raw`` parsed as ``"TOML"`` or ``"JSON"``; a ValueError when it is not valid."""
-    module: Any = json
+    loads: Callable[[str], Any] = json.loads
     if fmt == "TOML":
         try:
-            import tomllib as module
+            # new in Python 3.11, so missing where mypy checks (as Python 3.10)
+            import tomllib  # type: ignore[import-not-found]
+
+            loads = tomllib.loads
         except ModuleNotFoundError:  # Python 3.10
             try:
-                import tomli as module
+                import tomli
             except ModuleNotFoundError:
                 raise MechprobeError(
                     "reading TOML needs Python 3.11+ or the tomli package; or write JSON"
                 ) from None
+            loads = tomli.loads
     try:
-        return module.loads(raw)
+        return loads(raw)
     except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
         raise ValueError(f"not valid {fmt}: {exc}") from None
 

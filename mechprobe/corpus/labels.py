@@ -22,7 +22,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from jaxtyping import Int
@@ -32,6 +32,9 @@ from mechprobe.corpus.classes import MAX_CLASSES
 from mechprobe.corpus.sentences import _char_spans
 from mechprobe.corpus.targets import make_windows, tokenize_text
 from mechprobe.errors import MechprobeError
+
+if TYPE_CHECKING:
+    from mechprobe.models.types import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,7 @@ class LabelledSamples:
         return int(self.labels.shape[0])
 
 
-def _char_to_token(tokenizer: Any, text: str, ids: list[int], where: str) -> np.ndarray:
+def _char_to_token(tokenizer: Tokenizer, text: str, ids: list[int], where: str) -> np.ndarray:
     """Token of every character: the first token whose span holds it, else the next token."""
     spans = _char_spans(tokenizer, text, ids)
     if spans is None:
@@ -200,7 +203,7 @@ def _char_to_token(tokenizer: Any, text: str, ids: list[int], where: str) -> np.
 
 
 def label_samples(
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     records: Sequence[LabelRecord],
     *,
     pre: int,

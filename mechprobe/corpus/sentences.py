@@ -11,13 +11,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from jaxtyping import Int
 
 from mechprobe.errors import MechprobeError
+
+if TYPE_CHECKING:
+    from mechprobe.models.types import Tokenizer
 
 
 @dataclass
@@ -76,13 +79,15 @@ def _short(sentence: str, width: int = 70) -> str:
     return repr(sentence if len(sentence) <= width else sentence[: width - 3] + "...")
 
 
-def _char_spans(tokenizer: Any, sentence: str, ids: list[int]) -> list[tuple[int, int]] | None:
+def _char_spans(
+    tokenizer: Tokenizer, sentence: str, ids: list[int]
+) -> list[tuple[int, int]] | None:
     """Character span of every token: offset mapping if the tokenizer has one, else decoding."""
     try:
         enc = tokenizer(sentence, add_special_tokens=False, return_offsets_mapping=True)
-        spans = [tuple(map(int, s)) for s in enc["offset_mapping"]]
+        spans = [(int(a), int(b)) for a, b in enc["offset_mapping"]]
         if len(spans) == len(ids):
-            return spans  # type: ignore[return-value]
+            return spans
     except (NotImplementedError, TypeError, KeyError, ValueError):
         pass
     spans, start = [], 0
@@ -94,7 +99,7 @@ def _char_spans(tokenizer: Any, sentence: str, ids: list[int]) -> list[tuple[int
 
 
 def locate_target(
-    tokenizer: Any, sentence: str, target: str, target_ids: list[int]
+    tokenizer: Tokenizer, sentence: str, target: str, target_ids: list[int]
 ) -> tuple[int, int] | None:
     """First and last token index of the target's first occurrence in ``sentence``, or None.
 
@@ -122,7 +127,9 @@ def locate_target(
     return (hits[0], hits[-1]) if hits else None
 
 
-def encode_sentences(tokenizer: Any, sentences: Sequence[str], target: str) -> EncodedSentences:
+def encode_sentences(
+    tokenizer: Tokenizer, sentences: Sequence[str], target: str
+) -> EncodedSentences:
     """Tokenise sentences as a right-padded batch (no BOS) and find target / non-target.
 
     The target index is the last token of the target's first occurrence (the only token for a

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from mechprobe.errors import MechprobeError
 
 if TYPE_CHECKING:
     from mechprobe.corpus.classes import ClassSet
+    from mechprobe.models.types import Tokenizer
 
 #: Label of an affirmation target.
 AFFIRMATION = 0
@@ -49,7 +50,7 @@ AFFIRMATION_WORDS = frozenset(
 )
 
 
-def tokenize_text(tokenizer: Any, text: str) -> list[int]:
+def tokenize_text(tokenizer: Tokenizer, text: str) -> list[int]:
     """Token ids of the whole text: no BOS or other special tokens, no length warning.
 
     Example:
@@ -63,7 +64,7 @@ def tokenize_text(tokenizer: Any, text: str) -> list[int]:
     return list(enc["input_ids"])
 
 
-def decode_pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+def decode_pieces(tokenizer: Tokenizer, ids: Sequence[int]) -> list[str]:
     """Decode every token on its own: ``[tokenizer.decode([i]) for i in ids]``.
 
     Example:
@@ -247,7 +248,7 @@ class Samples:
 
 
 def prepare_samples(
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     text: str | Sequence[str],
     *,
     pre: int,
@@ -292,7 +293,7 @@ def prepare_samples(
     from mechprobe.corpus.classes import word_types
 
     texts = [text] if isinstance(text, str) else list(text)
-    names = ("affirmation", "negation") if classes is None else classes.names
+    names: tuple[str, ...] = ("affirmation", "negation") if classes is None else classes.names
     ids: list[int] = []
     pieces: list[str] = []
     found: list[tuple[int, int, Targets, list[str]]] = []  # (document, start, targets, types)

@@ -16,13 +16,16 @@ import io
 import logging
 import os
 import platform
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mechprobe.errors import MechprobeError
 from mechprobe.models.placement import Placement, dispatch
 from mechprobe.models.sources import hf_pair
+
+if TYPE_CHECKING:
+    from mechprobe.models.types import Model
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -137,7 +140,7 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     placement: Placement | None = None,
-) -> Any:
+) -> Model:
     """Load a model as a TransformerLens ``TransformerBridge`` with HuggingFace numerics.
 
     Hook names follow TransformerLens: ``blocks.L.attn.hook_q/hook_k/hook_v`` (per head,

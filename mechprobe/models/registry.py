@@ -13,9 +13,15 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from mechprobe.models.types import Model
 
 
 @dataclass(frozen=True)
@@ -114,7 +120,7 @@ KNOWN_MODELS: dict[str, KnownModel] = {
 
 def _shape_from_config(c: Any) -> ModelShape:
     """A `ModelShape` from an HF config (object or dict), whatever the family's field names."""
-    get = c.get if isinstance(c, dict) else lambda k, d=None: getattr(c, k, d)
+    get: Callable[..., Any] = c.get if isinstance(c, dict) else lambda k, d=None: getattr(c, k, d)
     n_layers = get("num_hidden_layers") or get("n_layer")
     d_model = get("hidden_size") or get("n_embd")
     n_heads = get("num_attention_heads") or get("n_head")
@@ -143,7 +149,7 @@ def static_shape(name: str) -> ModelShape | None:
     return None
 
 
-def model_shape(model: Any) -> ModelShape:
+def model_shape(model: Model | PreTrainedModel) -> ModelShape:
     """Read a `ModelShape` from a TransformerLens bridge (its ``cfg``) or a HF model (``config``).
 
     Example:
@@ -157,4 +163,4 @@ def model_shape(model: Any) -> ModelShape:
             cfg.n_layers, cfg.d_model, cfg.n_heads, n_kv, cfg.d_head, cfg.d_mlp, cfg.d_vocab,
             cfg.n_ctx,
         )  # fmt: skip
-    return _shape_from_config(model.config)
+    return _shape_from_config(cast("PreTrainedModel", model).config)

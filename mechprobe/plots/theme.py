@@ -10,7 +10,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import plotly.graph_objects as go
@@ -58,9 +58,9 @@ _VISIBLE = {"\r\n": "↵", "\n": "↵", "\r": "↵", "\t": "→", " ": "·"}
 
 
 def band_trace(
-    x: Sequence[float],
-    low: Sequence[float],
-    high: Sequence[float],
+    x: Iterable[float],
+    low: Iterable[float],
+    high: Iterable[float],
     colour: str,
     name: str,
     *,

@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import einops
 from jaxtyping import Float
@@ -27,6 +27,9 @@ from torch import Tensor, nn
 
 from mechprobe.errors import MechprobeError
 from mechprobe.models.registry import model_shape
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 COMPONENTS = ("q", "k", "v")
 
@@ -130,7 +133,7 @@ GEMMA3 = ArchMap(
 ARCHS = (GPT2, LLAMA, GEMMA3)
 
 
-def hf_arch(model: Any) -> ArchMap:
+def hf_arch(model: PreTrainedModel) -> ArchMap:
     """The `ArchMap` of a HuggingFace model (by ``config.model_type``), or a one-line error.
 
     Example:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from jaxtyping import Int
-from torch import Tensor
+from torch import Tensor, nn
 
 from mechprobe.hooks import hook_name
 from mechprobe.reference.arch import block_hidden, hf_arch, split_heads
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 ForwardHook = Callable[[Any, Any, Any], Any]  # (module, args, output) -> output | None
 
@@ -37,7 +40,7 @@ def forward_hooks(
 
 
 def capture_reference(
-    hf_model: Any,
+    hf_model: PreTrainedModel,
     tokens: Int[Tensor, "batch pos"],
     layers: Sequence[int] | None = None,
     *,
@@ -71,7 +74,7 @@ def capture_reference(
         torch.Size([2, 9, 4, 16])
     """
     arch = hf_arch(hf_model)
-    n_layers = len(arch.module(hf_model, "blocks"))
+    n_layers = len(cast(nn.ModuleList, arch.module(hf_model, "blocks")))
     layers = range(n_layers) if layers is None else layers
     out: dict[str, Any] = {}
 

@@ -89,7 +89,7 @@ def verdicts_in_markdown(text: str) -> dict[str, list[str]]:
         if len(cells) >= 3:
             verdicts = [re.match(r"\*\*(.+?)\*\*", c) for c in cells[2:]]
             if all(verdicts):
-                out[cells[0]] = [v.group(1) for v in verdicts]
+                out[cells[0]] = [v.group(1) for v in verdicts if v is not None]
     return out
 
 

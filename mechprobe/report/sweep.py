@@ -85,7 +85,7 @@ def _per_model(dirs: Mapping[str, Path]) -> str:
             mark = "<span class='ok'>pass</span>" if ok else "<span class='bad'>FAIL</span>"
             cells = [html.escape(model), str(len(checks)), html.escape(worst["check"])]
             parity.append(_row([*cells, f"{worst['value']:.3g}", mark]))
-    heads = ("model", "checks", "largest difference", "max |diff|", "")
+    heads: tuple[str, ...] = ("model", "checks", "largest difference", "max |diff|", "")
     parity_table = (
         f"<table><tr>{''.join(f'<th>{h}</th>' for h in heads)}</tr>{''.join(parity)}</table>"
         if parity

@@ -92,10 +92,12 @@ def fit_columns(
             pending = [run(cols) for cols in chunks]
         pending = [p for p in pending if p is not None]
         if pending:
-            cols, *state = (np.concatenate(v, axis=-1) for v in zip(*pending, strict=True))
+            cols, path, n_it, halvings = (
+                np.concatenate(v, axis=-1) for v in zip(*pending, strict=True)
+            )
             for lo in range(0, cols.size, chunk_size):
                 part = slice(lo, lo + chunk_size)
-                run(cols[part], (cols[part], *(v[..., part] for v in state)))
+                run(cols[part], (cols[part], path[..., part], n_it[..., part], halvings[..., part]))
     return out
 
 
@@ -244,7 +246,7 @@ def _correct(xs: Rows, a: UnitFloats, b: UnitFloats, n1: int) -> Int[np.ndarray,
     thr = np.where(b == 0, np.where(a > 0, -np.inf, np.inf), thr)
     lib = _kernels.library() if xs.device.type == "cpu" else None
     if lib is not None:  # the same count, fused (mechprobe.stats._kernels)
-        count = np.empty(r, dtype=np.int64)
+        count: np.ndarray = np.empty(r, dtype=np.int64)
         thr = np.ascontiguousarray(thr, dtype=np.float64)
         xs = xs.contiguous()
         lib.count_above(_kernels.ptr(xs), r, n, n1, _kernels.ptr(thr), _kernels.ptr(count))

@@ -10,6 +10,7 @@ matrix product per pass rather than a 2x2 solve per unit and sample.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 import torch
@@ -140,7 +141,7 @@ def _newton(  # noqa: PLR0915 (one Newton iteration of logistf, step for step; s
             work, pw = work.index_select(0, kt), pw.index_select(0, kt)
             state = (ids, syx, cen, a, b, a_prev, b_prev, sa, sb, l_prev, halvings, n_it)
             ids, syx, cen, a, b, a_prev, b_prev, sa, sb, l_prev, halvings, n_it = (
-                t[keep] for t in state
+                t[keep] for t in cast("tuple[np.ndarray, ...]", state)
             )
             best = best[:, keep]
             active = np.ones(n_active, dtype=bool)

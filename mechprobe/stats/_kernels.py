@@ -33,6 +33,7 @@ import subprocess
 import uuid
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ ENV = "MECHPROBE_KERNELS"
 #: does not switch the process to flush-to-zero. Infinities and NaN keep their meaning
 #: (``-fno-finite-math-only``). ``MECHPROBE_LIBMVEC``: use glibc's vector ``exp``.
 _FAST = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fopenmp-simd"]
-FLAGS = (
+FLAGS: tuple[tuple[list[str], list[str]], ...] = (
     ([*_FAST, "-DMECHPROBE_LIBMVEC"], ["-lmvec"]),
     (["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd"], []),
     (["-O2"], []),
@@ -86,7 +87,9 @@ def library() -> ctypes.CDLL | None:
     return None
 
 
-def _build(compiler: str, source: bytes, compile_flags: list[str], link_flags: list[str]):
+def _build(
+    compiler: str, source: bytes, compile_flags: list[str], link_flags: list[str]
+) -> ctypes.CDLL:
     """Compile (once; cached by source, flags, compiler and CPU) and load the library."""
     from mechprobe.models.cache import cache_dir
 
@@ -100,7 +103,7 @@ def _build(compiler: str, source: bytes, compile_flags: list[str], link_flags: l
         tmp = folder / f".{path.stem}.{uuid.uuid4().hex}"
         try:
             tmp.with_suffix(".c").write_bytes(source)
-            run = {"check": True, "capture_output": True, "timeout": 120}
+            run: dict[str, Any] = {"check": True, "capture_output": True, "timeout": 120}
             subprocess.run(
                 [compiler, *compile_flags, "-fPIC", "-c", str(tmp.with_suffix(".c")),
                  "-o", str(tmp.with_suffix(".o"))],

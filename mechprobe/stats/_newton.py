@@ -273,9 +273,8 @@ def _polish(
         keep = keep & ~finish
         if not keep.any():
             return r_a, r_b, r_info, r_conv, n_it, None
-        ids, path, syx, shift, halvings, far, mw = (
-            v[..., keep] for v in (ids, path, syx, shift, halvings, far, mw)
-        )
+        state: tuple[np.ndarray, ...] = (ids, path, syx, shift, halvings, far, mw)
+        ids, path, syx, shift, halvings, far, mw = (v[..., keep] for v in state)
         if it == passes:
             path[[0, 2, 4]] -= path[[1, 3, 5]] * shift  # a, a0, da in the common centring
             return r_a, r_b, r_info, r_conv, n_it, (ids, path, n_it[ids], halvings)

@@ -197,8 +197,8 @@ def ratio_ci(
         >>> ci.estimate
         0.75
     """
-    num = np.asarray(numerator, dtype=np.float64)
-    den = np.asarray(denominator, dtype=np.float64)
+    num: np.ndarray = np.asarray(numerator, dtype=np.float64)
+    den: np.ndarray = np.asarray(denominator, dtype=np.float64)
     if num.ndim != 1 or num.shape != den.shape:
         raise ValueError(f"numerator {num.shape} and denominator {den.shape} must be equal 1-D")
     if groups is not None:

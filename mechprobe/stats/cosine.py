@@ -82,7 +82,7 @@ def cosine_block_stats(
     *,
     centre: bool = False,
     block_rows: int = 256,
-) -> dict[str, np.ndarray]:
+) -> dict[str, np.ndarray | np.int64]:
     """Histograms and moments of unit x unit cosines for one layer, block by block.
 
     The cosine matrix is computed ``block_rows`` rows at a time, and only its upper part (the

@@ -8,15 +8,20 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+if TYPE_CHECKING:
+    from mechprobe.models.types import Tokenizer
 
-def top_tokens(logits: Float[Tensor, " vocab"], tokenizer: Any, k: int = 5) -> list[dict[str, Any]]:
+
+def top_tokens(
+    logits: Float[Tensor, " vocab"], tokenizer: Tokenizer, k: int = 5
+) -> list[dict[str, Any]]:
     """The ``k`` most probable next tokens: text, id and probability (softmax in float64).
 
     Example:

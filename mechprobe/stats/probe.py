@@ -238,7 +238,7 @@ def analyse_family(
         firth = firth_layers(x, labels, desc=f"firth {desc}")
     elif firth_separated and fits["separated"].any():
         firth = firth_layers(x, labels, fits["separated"], desc=f"firth {desc}")
-    p = firth["pvalue"] if method == "firth" else fits["pvalue"]
+    p = firth["pvalue"] if method == "firth" and firth is not None else fits["pvalue"]
     mask = significance_mask(p, alpha, correction)
     heldout = (
         heldout_layers(x, labels, folds, desc=f"held-out {desc}") if folds is not None else None

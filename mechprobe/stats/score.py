@@ -84,6 +84,12 @@ class ScoreAccumulator:
         self.xmin: np.ndarray | None = None
         self.xmax: np.ndarray | None = None
 
+    def _sums(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``mean, m2, cxy, xmin, xmax``, once set: the first block sets all five together."""
+        assert self.mean is not None and self.m2 is not None and self.cxy is not None
+        assert self.xmin is not None and self.xmax is not None
+        return self.mean, self.m2, self.cxy, self.xmin, self.xmax
+
     @property
     def n_units(self) -> int | None:
         """Number of units, or ``None`` before the first block."""
@@ -152,16 +158,18 @@ class ScoreAccumulator:
             self.n, self.n1 = other.n, other.n1
             self.mean, self.m2, self.cxy = (np.array(a) for a in (other.mean, other.m2, other.cxy))
             return
+        _, m2, cxy, xmin, xmax = self._sums()
+        _, o_m2, o_cxy, o_xmin, o_xmax = other._sums()
         na, nb = self.n, other.n
         n = na + nb
         dx = other.mean - self.mean
         dy = other.n1 / nb - self.n1 / na
         f = na * nb / n
         self.mean = self.mean + dx * (nb / n)
-        self.m2 = self.m2 + other.m2 + dx * dx * f
-        self.cxy = self.cxy + other.cxy + dx * (dy * f)
-        self.xmin = np.minimum(self.xmin, other.xmin)
-        self.xmax = np.maximum(self.xmax, other.xmax)
+        self.m2 = m2 + o_m2 + dx * dx * f
+        self.cxy = cxy + o_cxy + dx * (dy * f)
+        self.xmin = np.minimum(xmin, o_xmin)
+        self.xmax = np.maximum(xmax, o_xmax)
         self.n, self.n1 = n, self.n1 + other.n1
 
     def result(self) -> ScoreResult:
@@ -172,24 +180,26 @@ class ScoreAccumulator:
         """
         if self.mean is None or self.n == 0:
             raise ValueError("no samples were added")
+        _, m2, cxy, xmin, xmax = self._sums()
         ybar = self.n1 / self.n
-        info = ybar * (1.0 - ybar) * self.m2
-        ok = (self.xmax > self.xmin) & (info > 0)
+        info = ybar * (1.0 - ybar) * m2
+        ok = (xmax > xmin) & (info > 0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            stat = np.where(ok, self.cxy * self.cxy / np.where(ok, info, 1.0), np.nan)
+            stat = np.where(ok, cxy * cxy / np.where(ok, info, 1.0), np.nan)
         return ScoreResult(statistic=stat, pvalue=stats.chi2.sf(stat, 1))
 
     def state(self) -> dict[str, np.ndarray]:
         """The accumulator's state as arrays (e.g. for ``np.savez``); see :meth:`from_state`."""
         if self.mean is None:
             return {"n": np.array([0, 0])}
+        mean, m2, cxy, xmin, xmax = self._sums()
         return {
             "n": np.array([self.n, self.n1]),
-            "mean": self.mean,
-            "m2": self.m2,
-            "cxy": self.cxy,
-            "xmin": self.xmin,
-            "xmax": self.xmax,
+            "mean": mean,
+            "m2": m2,
+            "cxy": cxy,
+            "xmin": xmin,
+            "xmax": xmax,
         }
 
     @classmethod

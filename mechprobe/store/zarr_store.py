@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -63,7 +63,11 @@ def _sha256(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
-def _open_group(url: str, mode: str) -> Any:
+#: zarr's access modes (``open_group``).
+Mode = Literal["r", "r+", "a", "w", "w-"]
+
+
+def _open_group(url: str, mode: Mode) -> Any:
     import zarr
     from zarr.errors import NodeNotFoundError
 
@@ -190,7 +194,7 @@ class ActivationStore:
         return cls(group, url)
 
     @classmethod
-    def open(cls, url: str, mode: str = "r") -> ActivationStore:
+    def open(cls, url: str, mode: Mode = "r") -> ActivationStore:
         """Open an existing store (``mode="r+"`` to write blocks).
 
         Example:
