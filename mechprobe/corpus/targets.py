@@ -308,7 +308,9 @@ def prepare_samples(
             t = select_targets(d_pieces, pre, post)
         else:
             t = classes.select(d_pieces, pre, post, unit=unit, word_token=word_token)
-        types = word_types(d_pieces, t.positions, unit=unit if classes is not None else "token")
+        types = word_types(
+            d_pieces, t.positions.tolist(), unit=unit if classes is not None else "token"
+        )
         found.append((d, len(ids), t, types))
         ids += d_ids
         pieces += d_pieces

@@ -138,6 +138,7 @@ def run(
     ids = tok(config.text, add_special_tokens=False).input_ids
     ids = p.check("text", fit_context, ids, shape.n_ctx, config.truncate)
     p.raise_if_any()
+    assert ids is not None  # raise_if_any: every check passed
     tokens = torch.tensor([ids])
     ref = capture_reference(hf, tokens)
     checks = [
@@ -174,7 +175,7 @@ def run(
         {"check": c, "layer": None, "max_abs_diff": float(d)}
         for c, d in zip(("final_norm", "logits"), model_wide, strict=True)
     ]
-    ok = all(within(r["max_abs_diff"], config.tolerance) for r in rows)
+    ok = all(within(float(r["max_abs_diff"]), config.tolerance) for r in rows)  # type: ignore[arg-type]
     summary = {
         "n_tokens": len(ids),
         "tolerance": config.tolerance,

@@ -114,8 +114,8 @@ def resolve(config: HeadsConfig, shape: ModelShape) -> HeadsConfig:
         mechprobe.errors.ConfigError: layer: layer 5 is out of range (0..1)
     """
     p = Problems()
-    layer = relative_layer(COURSE_LAYER, shape.n_layers) if config.layer is None else config.layer
-    layer = p.check("layer", check_index, layer, shape.n_layers, "layer")
+    wanted = relative_layer(COURSE_LAYER, shape.n_layers) if config.layer is None else config.layer
+    layer = p.check("layer", check_index, wanted, shape.n_layers, "layer")
     bandwidth = p.check("bandwidth", check_bandwidth, config.bandwidth)
     tolerance = p.check("tolerance", check_tolerance, config.tolerance)
     layers = p.check("layers", check_indices, config.layers, shape.n_layers, "layer")
@@ -125,6 +125,7 @@ def resolve(config: HeadsConfig, shape: ModelShape) -> HeadsConfig:
     if not text.strip():
         p.add("text", "the text is empty")
     p.raise_if_any()
+    assert layers is not None and tolerance is not None  # raise_if_any: every check passed
     return replace(
         config,
         layer=layer,
@@ -171,15 +172,17 @@ def run(config: HeadsConfig, model: Any, reference: Any, data: None = None) -> E
     from mechprobe.stats.attention import pooled_negative_fraction, query_position_scores
 
     shape = model_shape(model)
-    tokens = tokenize(model.tokenizer, config.text, shape.n_ctx, config.truncate)
+    tokens = tokenize(model.tokenizer, config.text or default_text(), shape.n_ctx, config.truncate)
     arrays, summary = dissect(config, model, reference, tokens)
     t0 = time.perf_counter()
-    layers = list(config.layers)
+    layers = list(config.layers or ())
     rotary = all(hook_name(0, p) in model.hook_dict for p in ("rot_q", "rot_k"))
     points = ("rot_q", "rot_k") if rotary else ("q", "k")
     names = [hook_name(layer, p) for layer in layers for p in points]
     acts = collect(model, tokens, names, progress=False)
-    per_layer = {f"{k}_{kind}": [] for kind in ("same", "diff") for k in ("frac", "low", "high")}
+    per_layer: dict[str, list[float]] = {
+        f"{k}_{kind}": [] for kind in ("same", "diff") for k in ("frac", "low", "high")
+    }
     holds = []
     for layer in layers:
         q, k = (acts[hook_name(layer, p)][0] for p in points)

@@ -199,10 +199,10 @@ def probe_dataset(result: ExperimentResult, provenance: dict[str, Any] | None = 
     width = max((a[f"{f}_beta"].shape[-1] for f in families if f"{f}_beta" in a), default=0)
     lead = ("contrast",) if multi else ()
     data: dict[str, Any] = {}
-    used = set()
+    used: set[str] = set()
     for stat in PROBE_STATS:
-        parts = [a.get(f"{f}_{stat}") for f in families]
-        if not parts or any(p is None for p in parts):
+        parts = [a[f"{f}_{stat}"] for f in families if f"{f}_{stat}" in a]
+        if not parts or len(parts) < len(families):
             continue
         data[stat] = (("family", *lead, "layer", "unit"), _family_stack(parts, width))
         used.update(f"{f}_{stat}" for f in families)

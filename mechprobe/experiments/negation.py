@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from mechprobe.experiments import probe
 from mechprobe.experiments.result import ExperimentResult
@@ -66,7 +66,7 @@ def resolve(config: NegationConfig, shape: ModelShape) -> NegationConfig:
         ...
         mechprobe.errors.ConfigError: layers: layer 5 is out of range (0..1)
     """
-    return probe.resolve(config, shape)
+    return cast(NegationConfig, probe.resolve(config, shape))  # replace() keeps the class
 
 
 def inputs(config: NegationConfig) -> Inputs:

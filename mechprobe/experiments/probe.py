@@ -215,6 +215,7 @@ def resolve(config: ProbeConfig, shape: ModelShape) -> ProbeConfig:
         if detail not in layers:
             p.add("detail_layer", f"layer {detail} is not among the selected layers")
     p.raise_if_any()
+    assert layers is not None  # raise_if_any: every check passed
     return replace(config, layers=tuple(layers), detail_layer=detail)
 
 

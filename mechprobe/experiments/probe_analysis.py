@@ -26,7 +26,7 @@ def analyse(config: Any, model: Any, samples: ProbeSamples) -> ExperimentResult:
     """
     from mechprobe.units import layout_of
 
-    layout, timing = layout_of(model), {}
+    layout, timing = layout_of(model), dict[str, float]()
     pairs = contrasts(samples.names, samples.labels)
 
     def groups_of(fam: str, width: int) -> dict[str, slice]:
@@ -387,8 +387,10 @@ def best_unit_details(
         fam = "mlp" if "mlp" in fits else next(iter(fits))
         row = layers.index(config.detail_layer)
         sig = arrays[f"{fam}_significant"]
-        found = course_best_unit(fits[fam]["beta"][row], sig[row] if sig.ndim == 2 else sig[0, row])
-        found = None if found is None else (fam, row, found)
+        unit_at = course_best_unit(
+            fits[fam]["beta"][row], sig[row] if sig.ndim == 2 else sig[0, row]
+        )
+        found = None if unit_at is None else (fam, row, unit_at)
         if found is None:
             rule = "accuracy (the course's rule found no significant unit)"
     if found is None:

@@ -189,7 +189,7 @@ def take_samples(config: Any, tokenizer: Any, data: ProbeData | None = None) -> 
         )
     from mechprobe.corpus.targets import prepare_samples
 
-    s = prepare_samples(
+    cs = prepare_samples(
         tokenizer,
         [d.text for d in data.documents],
         pre=pre,
@@ -202,14 +202,14 @@ def take_samples(config: Any, tokenizer: Any, data: ProbeData | None = None) -> 
         word_token=config.word_token,
     )
     return ProbeSamples(
-        s.windows,
-        s.targets.labels,
+        cs.windows,
+        cs.targets.labels,
         data.classes.names,
-        s.positions,
-        s.documents,
-        s.word_types,
-        s.n_found,
-        len(s.ids),
+        cs.positions,
+        cs.documents,
+        cs.word_types,
+        cs.n_found,
+        len(cs.ids),
         dict(data.describe),
     )
 

@@ -125,8 +125,8 @@ def resolve(config: ReplaceConfig, shape: ModelShape) -> ReplaceConfig:
         n_heads = shape.n_heads
     else:
         n_heads = shape.n_heads if config.component == "q" else shape.n_kv_heads
-    head = min(COURSE_HEAD, n_heads - 1) if config.head is None else config.head
-    head = p.check("head", check_index, head, n_heads, f"{config.component.upper()} head")
+    wanted = min(COURSE_HEAD, n_heads - 1) if config.head is None else config.head
+    head = p.check("head", check_index, wanted, n_heads, f"{config.component.upper()} head")
     p.check("position", check_index, config.position, shape.n_ctx, "position")
     units = p.check("mlp_units", parse_units, config.mlp_units)
     if units is not None:
@@ -147,7 +147,7 @@ def resolve(config: ReplaceConfig, shape: ModelShape) -> ReplaceConfig:
     if not text.strip():
         p.add("text", "the text is empty")
     p.raise_if_any()
-    return replace(config, text=text, head=head, **layers)
+    return replace(config, text=text, head=head, **layers)  # type: ignore[arg-type]  # ints
 
 
 def inputs(config: ReplaceConfig) -> Inputs:

@@ -103,6 +103,7 @@ def resolve(config: SimilarityConfig, shape: ModelShape) -> SimilarityConfig:
     if not config.target:
         p.add("target", "the target is empty")
     p.raise_if_any()
+    assert layers is not None  # raise_if_any: every check passed
     return replace(config, layers=tuple(layers))
 
 
@@ -237,7 +238,7 @@ def run(
     encoded = encode_sentences(model.tokenizer, sentences, config.target)
     check_context(encoded.tokens.shape[1], model_shape(model).n_ctx, "the longest sentence")
     layout = layout_of(model)
-    layers = list(config.layers)
+    layers = list(config.layers or ())
     per_layer_bytes = 2 * len(sentences) * layout.n_units * 4
     chunk = max(1, int(config.activation_budget_mb * 2**20 // max(1, per_layer_bytes)))
     stream = iter_layer_units(

@@ -188,7 +188,7 @@ def run_steps(request: RunRequest, *, log: Callable[[str], None] = _log) -> RunO
             if why is None:
                 log(f"[reuse] {name}: an earlier result answers this request exactly")
                 outcome.steps[name] = StepOutcome(
-                    out / name, True, "manifest matches", load_result(out / name), manifest
+                    out / name, True, "manifest matches", load_result(out / name), manifest or {}
                 )
             else:
                 if request.resume:
