@@ -193,6 +193,8 @@ def test_describe_known_and_hub_names():
         "source": tiny["source"],
         "sha256": None,
         "terms": None,
+        "kind": "tiny",
+        "revision": None,
     }
     assert tiny["source"].startswith("random, seed 0")
     assert describe("gpt2-xl")["source"] == "HuggingFace hub: gpt2-xl"
@@ -201,6 +203,8 @@ def test_describe_known_and_hub_names():
         "source": "HuggingFace hub: someone/some-model",
         "sha256": None,
         "terms": None,
+        "kind": "hub",
+        "revision": None,
     }
 
 
@@ -324,3 +328,38 @@ def test_gemma_chunks_with_wrong_sha_are_refused(tmp_path, monkeypatch):
         gguf.assemble_gemma3(tmp_path)
     assert "\n" not in str(info.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_describe_records_the_hub_revision_of_a_cached_snapshot(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--someone--cached-model"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    assert describe("someone/cached-model")["revision"] == commit
+    assert describe("someone/other-model")["revision"] is None
+
+
+def test_a_model_name_is_classified_once_into_one_source(tmp_path):
+    from mechprobe.models.source import resolve_model
+
+    hf_dir = tmp_path / "m"
+    hf_dir.mkdir()
+    cases = {
+        "tiny-gpt2": ("tiny", None),
+        "smollm2-135m": ("gguf", None),
+        "org/name": ("hub", "org/name"),
+        str(hf_dir): ("local", str(hf_dir.resolve())),
+    }
+    for name, (kind, repo) in cases.items():
+        src = resolve_model(name)
+        assert (src.kind, src.repo) == (kind, repo), name
+        assert resolve_model(src) is src
+    assert resolve_model("./no/such/dir").kind == "local"
+    assert resolve_model("gpt2-xl").kind == "hub"
+    assert resolve_model("gpt2-xl").shape.n_layers == 48
+    assert resolve_model("org/name").shape is None

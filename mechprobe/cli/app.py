@@ -116,15 +116,16 @@ def _check_common(args: Any, names: Sequence[str]) -> Any:
 
 def run_experiment(spec: Experiment, args: Any, argv: Sequence[str]) -> int:
     """One experiment as a command: options, early checks, the run, its table, exit status."""
-    from mechprobe.models import static_shape
+    from mechprobe.models.source import resolve_model
 
     placement = _check_common(args, [spec.name])
     flags = {o.name: o.flag for o in cli_options(spec.config)}
     config, problems = config_from_args(spec, args)
-    shape = static_shape(args.model)
-    if shape is not None:
+    source = resolve_model(args.model)  # classified once; the runner uses this object
+    resolved = None
+    if source.shape is not None:
         try:
-            spec.resolve(config, shape)
+            resolved = spec.resolve(config, source.shape)
         except ConfigError as exc:
             bad = {name for name, _ in problems}
             problems += [(n, m) for n, m in exc.problems if n not in bad]
@@ -134,9 +135,9 @@ def run_experiment(spec: Experiment, args: Any, argv: Sequence[str]) -> int:
     from mechprobe.runner.run import RunRequest, Step, run_steps
 
     request = RunRequest(
-        model=args.model,
+        model=source,
         out=Path(args.out),
-        steps=[Step(spec, config)],
+        steps=[Step(spec, config, resolved)],
         resume=args.resume,
         placement=placement,
         png=False if args.no_png else None,
@@ -241,18 +242,20 @@ def run_all(args: Any, argv: Sequence[str]) -> int:
     placement = _check_common(args, names)
     if args.text is not None and not args.text.strip():
         raise MechprobeError("--text: the text source is empty")
-    from mechprobe.models import static_shape
+    from mechprobe.models.source import resolve_model
     from mechprobe.runner.run import RunRequest, resolve_steps
 
     steps = _steps_of(args, names)
-    shape = static_shape(args.model)
-    if shape is not None:
-        resolve_steps(steps, shape)
+    source = resolve_model(args.model)  # classified once; the runner uses this object
+    if source.shape is not None:  # every setting checked now; the runner reuses the result
+        resolved = resolve_steps(steps, source.shape)
+        for step in steps:
+            step.resolved = resolved[step.spec.name]
     _quiet_libraries()
     from mechprobe.runner.run import run_steps
 
     request = RunRequest(
-        model=args.model,
+        model=source,
         out=Path(args.out),
         steps=steps,
         resume=args.resume,

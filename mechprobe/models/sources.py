@@ -16,11 +16,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mechprobe.errors import MechprobeError
 from mechprobe.models.cache import cache_dir, cached_build, sha256_file
 from mechprobe.models.gguf import gemma3_dir, package_file, smollm2_dir, smollm2_gguf
+
+if TYPE_CHECKING:
+    from mechprobe.models.source import ModelSource
 
 __all__ = [
     "GGUF_MODELS",
@@ -305,17 +308,17 @@ def did_you_mean(name: str) -> str:
     return f"did you mean {close[0]!r}? " if close else ""
 
 
-def hf_pair(name: str) -> tuple[Any, Any]:
+def hf_pair(name: str | ModelSource) -> tuple[Any, Any]:
     """Return a fresh ``(hf_model, tokenizer)`` for any name mechprobe accepts.
 
     Example:
         >>> hf, tok = hf_pair("tiny-gpt2")
     """
-    from mechprobe.models.registry import KNOWN_MODELS
+    from mechprobe.models.source import resolve_model
 
-    if name == "tiny-gpt2":
+    src = resolve_model(name)
+    if src.kind == "tiny":
         return tiny_gpt2()
-    if name in GGUF_MODELS:
-        return _from_pretrained(str(GGUF_MODELS[name]()), use_safetensors=True)
-    known = KNOWN_MODELS.get(name)
-    return pretrained(known.hub_id if known and known.hub_id else name)
+    if src.kind == "gguf":
+        return _from_pretrained(str(GGUF_MODELS[src.name]()), use_safetensors=True)
+    return pretrained(src.name if src.kind == "local" else str(src.repo))

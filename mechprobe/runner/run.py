@@ -34,6 +34,7 @@ from mechprobe.errors import ConfigError
 from mechprobe.experiments.result import ExperimentResult
 from mechprobe.experiments.spec import Experiment
 from mechprobe.models.placement import Placement
+from mechprobe.models.source import ModelSource
 
 
 @dataclass
@@ -43,10 +44,13 @@ class Step:
     Attributes:
         spec: The experiment.
         config: Its config (an instance of ``spec.config``); None for the defaults.
+        resolved: The config already resolved against the model's shape by the caller (the
+            CLI checks every setting before the run); None: the runner resolves it.
     """
 
     spec: Experiment
     config: Any = None
+    resolved: Any = None
 
     def requested(self) -> Any:
         """The config as asked for."""
@@ -58,7 +62,8 @@ class RunRequest:
     """A run: which model, where, which steps.
 
     Attributes:
-        model: Model name (see ``mechprobe models``), hub id or local directory.
+        model: Model name (see ``mechprobe models``), hub id or local directory, or the
+            `mechprobe.models.source.ModelSource` the caller resolved it to.
         out: The output directory.
         steps: The steps, in order.
         resume: Reuse steps whose manifest matches the request exactly.
@@ -67,7 +72,7 @@ class RunRequest:
         command: The command line, recorded in the manifests and the lock.
     """
 
-    model: str
+    model: str | ModelSource
     out: Path
     steps: list[Step]
     resume: bool = False
@@ -159,7 +164,7 @@ def run_steps(request: RunRequest, *, log: Callable[[str], None] = _log) -> RunO
             that cannot be loaded.
     """
     from mechprobe.io import recover_directories
-    from mechprobe.models import describe, static_shape
+    from mechprobe.models.source import resolve_model
     from mechprobe.runner.lock import out_lock
     from mechprobe.runner.manifest import mismatch, read_manifest
     from mechprobe.runner.manifest import request as make_request
@@ -169,9 +174,10 @@ def run_steps(request: RunRequest, *, log: Callable[[str], None] = _log) -> RunO
     with out_lock(request.out, request.command) as out:
         for line in recover_directories(out):
             log(f"[clean] {line} (left by an interrupted run)")
-        shape = static_shape(request.model)
-        resolved = resolve_steps(request.steps, shape) if shape is not None else None
-        model_id = describe(request.model)
+        source = resolve_model(request.model)  # classified once, passed on
+        shape = source.shape
+        resolved = _resolved(request.steps, shape)
+        model_id = source.identity
         device = request.placement.label(_device_type(request.placement))
         requests, todo, data = {}, [], {}
         for step in request.steps:
@@ -195,7 +201,7 @@ def run_steps(request: RunRequest, *, log: Callable[[str], None] = _log) -> RunO
                     log(f"[rerun] {name}: {why}")
                 todo.append(step)
         if todo:
-            model, reference, loaded_shape = _load(request, todo, outcome, log)
+            model, reference, loaded_shape = _load(request, source, todo, outcome, log)
             if resolved is None:
                 resolved = resolve_steps(request.steps, loaded_shape)
             for i, step in enumerate(todo, 1):
@@ -226,17 +232,28 @@ def _device_type(placement: Placement) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _resolved(steps: list[Step], shape: Any) -> dict[str, Any] | None:
+    """The steps' configs resolved: as the caller resolved them, or now against ``shape``."""
+    if all(s.resolved is not None for s in steps):
+        return {s.spec.name: s.resolved for s in steps}
+    return resolve_steps(steps, shape) if shape is not None else None
+
+
 def _load(
-    request: RunRequest, todo: list[Step], outcome: RunOutcome, log: Callable[[str], None]
+    request: RunRequest,
+    source: Any,
+    todo: list[Step],
+    outcome: RunOutcome,
+    log: Callable[[str], None],
 ) -> tuple[Any, Any, Any]:
     from mechprobe.models import load_model, load_reference, model_shape
 
     t0 = time.perf_counter()
-    log(f"[load] {request.model}")
-    model = load_model(request.model, placement=request.placement)
+    log(f"[load] {source.name}")
+    model = load_model(source, placement=request.placement)
     reference = None
     if any(s.spec.needs_reference for s in todo):
-        reference = load_reference(request.model, placement=request.placement)
+        reference = load_reference(source, placement=request.placement)
     outcome.timings["load"] = time.perf_counter() - t0
     return model, reference, model_shape(model)
 
