@@ -104,7 +104,7 @@ def test_readme_names_the_layers_in_order():
         "activations / reference / interventions",
         "experiments",
         "runner / report / plots",
-        "cli / scripts",
+        "cli / api / scripts",
     )
     positions = [layout.find(h) for h in headers]
     assert -1 not in positions and positions == sorted(positions), positions
