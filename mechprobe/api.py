@@ -30,12 +30,15 @@ import json
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mechprobe.errors import MechprobeError
 from mechprobe.experiments import get
 from mechprobe.experiments.result import ExperimentResult
 from mechprobe.experiments.spec import Experiment, Finding
+
+if TYPE_CHECKING:
+    from mechprobe.models.types import Model
 
 __all__ = [
     "ProbeResult",
@@ -218,7 +221,7 @@ class ProbeResult(Result):
 # ------------------------------------------------------------------------------ inputs
 
 
-def _model(model: Any) -> Any:
+def _model(model: Model | str | Path) -> Model:
     """A loaded model: the bridge as given, or ``load_model(name)`` for a name."""
     if isinstance(model, (str, Path)):
         from mechprobe.models import load_model
@@ -229,7 +232,7 @@ def _model(model: Any) -> Any:
     return model
 
 
-def _reference(model: Any, reference: Any) -> Any:
+def _reference(model: Model, reference: Any) -> Any:
     if reference is not None:
         return reference
     name = getattr(model, "mechprobe_name", None)
@@ -317,7 +320,7 @@ def _config(spec: Experiment, options: Mapping[str, Any]) -> Any:
 
 
 def _run(
-    spec: Experiment, config: Any, model: Any, reference: Any = None, data: Any = None
+    spec: Experiment, config: Any, model: Model | str, reference: Any = None, data: Any = None
 ) -> Result:
     """Resolve ``config`` once against the model, run it through the CLI's path, label it."""
     from mechprobe.models import describe, model_shape
@@ -346,7 +349,7 @@ def _run(
 
 
 def probe(
-    model: Any,
+    model: Model | str,
     text: Any,
     classes: Any,
     *,
@@ -423,7 +426,7 @@ def probe(
     return result
 
 
-def negation(model: Any, text: Any = None, **options: Any) -> ProbeResult:
+def negation(model: Model | str, text: Any = None, **options: Any) -> ProbeResult:
     """E1: the course's negation probe of every Q/K/V and MLP unit.
 
     Args:
@@ -454,7 +457,7 @@ def negation(model: Any, text: Any = None, **options: Any) -> ProbeResult:
     return result
 
 
-def heads(model: Any, *, reference: Any = None, **options: Any) -> Result:
+def heads(model: Model | str, *, reference: Any = None, **options: Any) -> Result:
     """E2: raw QK scores at every layer, and the course's dissection of one layer.
 
     Args:
@@ -471,7 +474,7 @@ def heads(model: Any, *, reference: Any = None, **options: Any) -> Result:
     return _run(spec, _config(spec, options), model, reference)
 
 
-def similarity(model: Any, **options: Any) -> Result:
+def similarity(model: Model | str, **options: Any) -> Result:
     """E3: Q/K/V variance, means and unit-by-unit cosines at every layer.
 
     Example:
@@ -483,7 +486,7 @@ def similarity(model: Any, **options: Any) -> Result:
     return _run(spec, _config(spec, options), model)
 
 
-def replace(model: Any, *, reference: Any = None, **options: Any) -> Result:
+def replace(model: Model | str, *, reference: Any = None, **options: Any) -> Result:
     """E4: zero a head, noise MLP units, scale a block; parity with HF hooks.
 
     Example:
@@ -495,7 +498,7 @@ def replace(model: Any, *, reference: Any = None, **options: Any) -> Result:
     return _run(spec, _config(spec, options), model, reference)
 
 
-def crosscheck(model: Any, *, reference: Any = None, **options: Any) -> Result:
+def crosscheck(model: Model | str, *, reference: Any = None, **options: Any) -> Result:
     """Every TransformerLens hook against plain HF hooks, every layer.
 
     Example:

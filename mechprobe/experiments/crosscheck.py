@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from mechprobe.experiments.result import ExperimentResult
 from mechprobe.experiments.spec import Experiment, Figure, Inputs, option
 from mechprobe.models.registry import ModelShape
 from mechprobe.validate import Problems, check_tolerance, parse_float
+
+if TYPE_CHECKING:
+    from mechprobe.models.types import Model
 
 NAME = "crosscheck"
 DEFAULT_TEXT = (
@@ -109,7 +112,7 @@ def within(diff: float, tolerance: float) -> bool:
 
 
 def run(
-    config: CrosscheckConfig, model: Any, reference: Any, data: None = None
+    config: CrosscheckConfig, model: Model, reference: Any, data: None = None
 ) -> ExperimentResult:
     """Compare every TransformerLens hook result with plain HuggingFace hooks.
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -61,6 +61,9 @@ from mechprobe.validate import (
     parse_layers,
     relative_layer,
 )
+
+if TYPE_CHECKING:
+    from mechprobe.models.types import Model
 
 NAME = "heads"
 #: The course dissects layer 6 of GPT-2 small's 12.
@@ -143,7 +146,7 @@ def inputs(config: HeadsConfig) -> Inputs:
     return Inputs({"text": text_source(config.text or default_text()).sha256})
 
 
-def run(config: HeadsConfig, model: Any, reference: Any, data: None = None) -> ExperimentResult:
+def run(config: HeadsConfig, model: Model, reference: Any, data: None = None) -> ExperimentResult:
     """E2 on one text: the course's dissection of one layer, and raw scores at every layer.
 
     Args:

@@ -7,11 +7,14 @@ per-layer analysis of every layer.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mechprobe.validate import Problems
+
+if TYPE_CHECKING:
+    from mechprobe.models.types import Model
 
 KDE_POINTS = 300
 DEFAULT_TEXT_FILE = "heads_default.txt"
@@ -56,7 +59,7 @@ def tokenize(tokenizer: Any, text: str, n_ctx: int, truncate: bool = False) -> A
     return torch.tensor([ids], dtype=torch.long)
 
 
-def dissect(config: Any, model: Any, reference: Any, tokens: Any) -> tuple[dict, dict]:
+def dissect(config: Any, model: Model, reference: Any, tokens: Any) -> tuple[dict, dict]:
     """The course's single-layer analysis at ``config.layer``: ``(arrays, summary)``.
 
     Example:

@@ -23,13 +23,16 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from mechprobe.experiments import probe
 from mechprobe.experiments.result import ExperimentResult
 from mechprobe.experiments.spec import Course, Experiment, Finding, Inputs, option
 from mechprobe.models.registry import ModelShape
 from mechprobe.validate import parse_choices
+
+if TYPE_CHECKING:
+    from mechprobe.models.types import Model
 
 NAME = "negation"
 FAMILIES = ("qkv", "mlp")
@@ -75,7 +78,7 @@ def inputs(config: NegationConfig) -> Inputs:
 
 
 def run(
-    config: NegationConfig, model: Any, reference: Any = None, data: Any = None
+    config: NegationConfig, model: Model, reference: Any = None, data: Any = None
 ) -> ExperimentResult:
     """Run the course's negation probe (see `probe.run` for the arrays)."""
     res = probe.run(config, model, reference, data)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mechprobe.experiments.result import ExperimentResult
 from mechprobe.experiments.spec import Experiment, Figure, Finding, Inputs, option
@@ -51,6 +51,9 @@ from mechprobe.validate import (
     parse_layers,
     relative_layer,
 )
+
+if TYPE_CHECKING:
+    from mechprobe.models.types import Model
 
 NAME = "probe"
 FAMILIES = ("qkv", "mlp", "resid_post", "attn_z", "mlp_post")
@@ -265,7 +268,7 @@ def inputs(config: ProbeConfig) -> Inputs:
 
 
 def run(
-    config: ProbeConfig, model: Any, reference: Any = None, data: Any = None
+    config: ProbeConfig, model: Model, reference: Any = None, data: Any = None
 ) -> ExperimentResult:
     """Run a probe: samples, collection, analysis (see the module docstring).
 

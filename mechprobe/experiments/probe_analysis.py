@@ -10,15 +10,18 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mechprobe.experiments.probe_samples import ProbeSamples, contrasts, examples
 from mechprobe.experiments.result import ExperimentResult
 
+if TYPE_CHECKING:
+    from mechprobe.models.types import Model
 
-def analyse(config: Any, model: Any, samples: ProbeSamples) -> ExperimentResult:
+
+def analyse(config: Any, model: Model, samples: ProbeSamples) -> ExperimentResult:
     """Collect the units at every sample and run every probe statistic (see `probe`).
 
     With ``config.store`` the units go through an activation store and are fitted from it
@@ -76,7 +79,7 @@ def analyse(config: Any, model: Any, samples: ProbeSamples) -> ExperimentResult:
 
 def _collect(
     config: Any,
-    model: Any,
+    model: Model,
     samples: ProbeSamples,
     n_pairs: int,
     groups_of: Callable[[str, int], dict[str, slice]],
@@ -140,7 +143,7 @@ def _control_labels(config: Any, samples: ProbeSamples) -> tuple[Any, Any]:
 
 
 def _sample_arrays(
-    config: Any, model: Any, samples: ProbeSamples, control: Any, folds: Any
+    config: Any, model: Model, samples: ProbeSamples, control: Any, folds: Any
 ) -> dict[str, np.ndarray]:
     """The per-sample arrays: labels, where each sample sits, its token, control label, fold."""
     pre = config.context_pre
@@ -243,7 +246,7 @@ def _arrange(
 
 def _summary(
     config: Any,
-    model: Any,
+    model: Model,
     samples: ProbeSamples,
     pairs: list[tuple[str, np.ndarray]],
     tables: dict[str, Any],
@@ -357,7 +360,7 @@ def _arrays(arrays: dict[str, np.ndarray], fam: str, results: list[dict[str, Any
 
 def best_unit_details(
     config: Any,
-    model: Any,
+    model: Model,
     samples: ProbeSamples,
     column: Callable[[str, int, int], np.ndarray],
     fits: dict[str, dict[str, np.ndarray]],

@@ -28,9 +28,12 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from mechprobe.models.types import Model
 
 #: What a store run does not compute.
 SKIPPED = ("held-out accuracy and AUC", "control task", "label shuffle", "lexical baseline")
@@ -56,7 +59,7 @@ class StoreResults:
 
 
 def store_results(
-    config: Any, model: Any, samples: Any, n_contrasts: int, groups_of: Any, timing: dict
+    config: Any, model: Model, samples: Any, n_contrasts: int, groups_of: Any, timing: dict
 ) -> StoreResults:
     """Collect into ``config.store``, score-test, fit from it (see the module docstring).
 

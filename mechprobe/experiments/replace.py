@@ -15,7 +15,7 @@ block's output, the last one after the final norm. On the TransformerLens side t
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mechprobe.experiments.replace_course import condition_names, default_text
 from mechprobe.experiments.result import ExperimentResult
@@ -43,6 +43,9 @@ from mechprobe.validate import (
     relative_layer,
     resolve_units,
 )
+
+if TYPE_CHECKING:
+    from mechprobe.models.types import Model
 
 NAME = "replace"
 #: The course's layers on GPT-2 small (12 layers): zero a head at 3, noise at 5, scale at 8.
@@ -164,7 +167,7 @@ def inputs(config: ReplaceConfig) -> Inputs:
 
 
 def run(
-    config: ReplaceConfig, model: Any, reference: Any, data: list[str] | None = None
+    config: ReplaceConfig, model: Model, reference: Any, data: list[str] | None = None
 ) -> ExperimentResult:
     """E4: the course's sample with HF parity, then the scaling over many sentences.
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mechprobe.validate import Problems, parse_units, resolve_units
+
+if TYPE_CHECKING:
+    from mechprobe.models.types import Model
 
 
 def default_text() -> str:
@@ -70,7 +73,7 @@ def build_interventions(config: Any) -> dict[str, list[Any]]:
     return plan
 
 
-def course_sample(config: Any, model: Any, reference: Any) -> tuple[dict, dict]:
+def course_sample(config: Any, model: Model, reference: Any) -> tuple[dict, dict]:
     """Run every condition with TransformerLens and HF hooks; collect norms, values, parity.
 
     Args:

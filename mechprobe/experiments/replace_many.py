@@ -9,9 +9,12 @@ with a bootstrap over sentences (positions of one sentence are not independent).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from mechprobe.models.types import Model
 
 
 def load_sentences(path: str | None) -> list[str]:
@@ -27,7 +30,7 @@ def load_sentences(path: str | None) -> list[str]:
 
 
 def many_samples(
-    config: Any, model: Any, sentences: list[str] | None = None
+    config: Any, model: Model, sentences: list[str] | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Norm-ratio curves over every sentence and position, per scale factor, and the verdicts.
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,6 +43,9 @@ from mechprobe.experiments.spec import (
 from mechprobe.models.registry import ModelShape
 from mechprobe.stats.cosine import BLOCKS, POSITIONS
 from mechprobe.validate import Problems, check_count, check_indices, check_seed, parse_layers
+
+if TYPE_CHECKING:
+    from mechprobe.models.types import Model
 
 NAME = "similarity"
 DEFAULT_TARGET = " her"
@@ -128,7 +131,7 @@ def inputs(config: SimilarityConfig) -> Inputs:
 
 
 def iter_layer_units(
-    model: Any,
+    model: Model,
     encoded: Any,
     layers: Sequence[int],
     *,
@@ -201,7 +204,7 @@ def _bootstrapped(
 
 
 def run(
-    config: SimilarityConfig, model: Any, reference: Any = None, data: list[str] | None = None
+    config: SimilarityConfig, model: Model, reference: Any = None, data: list[str] | None = None
 ) -> ExperimentResult:
     """Run the Q/K/V similarity sweep over layers.
 

@@ -20,10 +20,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mechprobe.experiments.result import ExperimentResult
 from mechprobe.experiments.spec import Experiment
+
+if TYPE_CHECKING:
+    from mechprobe.models.types import Model
 
 
 @dataclass
@@ -54,7 +57,7 @@ class Execution:
 
 
 def execute(
-    spec: Experiment, config: Any, model: Any, reference: Any = None, data: Any = None
+    spec: Experiment, config: Any, model: Model, reference: Any = None, data: Any = None
 ) -> Execution:
     """Run ``spec`` with its resolved ``config`` on ``model``, leaving torch's threads as found.
 
