@@ -127,7 +127,8 @@ def _heldout_folds(config: Any, samples: ProbeSamples) -> tuple[Any, str | None,
         samples.positions, config.context_pre, config.context_post, sequences=samples.documents
     )
     folds, note = _folds_or_fewer(samples.labels, groups, config.folds, config.seed)
-    return folds, note, (config if folds is not None else replace(config, folds=0))
+    made = 0 if folds is None else int(folds.max()) + 1
+    return folds, note, (config if made == config.folds else replace(config, folds=made))
 
 
 def _control_labels(config: Any, samples: ProbeSamples) -> tuple[Any, Any]:

@@ -132,6 +132,8 @@ def probe_finding(result: ExperimentResult, claim: str | None) -> Finding:
         if s["folds"]
         else f"{n} samples, in-sample tests only"
     )
+    if s.get("heldout_note"):
+        sample = f"{sample}; {s['heldout_note']}"
     if s["data"].get("fallback"):
         sample = f"{text_of(s['data'])}; {sample}"
     fam, key = _family_keys(s)[0]
@@ -163,6 +165,8 @@ def probe_table(result: ExperimentResult) -> str:
         f"{chance_of(s):.3f}; columns per family: % significant (shuffled labels), held-out "
         "accuracy, control accuracy, selectivity",
     ]
+    if s.get("heldout_note"):
+        lines.append(f"note: {s['heldout_note']}")
     keys = _family_keys(s)
     lines.append("layer " + "".join(f"| {LABELS.get(f, f):^31}" for f, _ in keys))
     for row in s["per_layer"]:

@@ -353,7 +353,12 @@ def figures(result: Any) -> dict[str, go.Figure | None]:
             _curves(s["per_layer"]),
             s.get("lexical_baseline"),
             title=f"Separability per layer<br><sup>n = {counts}; {rule}, alpha {s['alpha']:g}; "
-            f"held-out: {s['folds']} grouped folds</sup>",
+            + (
+                f"held-out: {s['folds']} grouped folds"
+                if s["folds"]
+                else s.get("heldout_note", "in-sample tests only")
+            )
+            + "</sup>",
             chance=chance_of(s),
         )
     }
