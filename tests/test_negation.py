@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import mechprobe
 from mechprobe.corpus.targets import decode_pieces, select_targets, tokenize_text
 from mechprobe.experiments import negation as e1
 from mechprobe.experiments.negation import NegationConfig
@@ -264,33 +265,51 @@ def test_figures_plot_the_summary_without_swapping_groups(neg_run):
     assert np.asarray(heat.z).shape == (20, 16)
 
 
-def test_finding_caveat_and_key_follow_the_summary(neg_run):
-    """The word-identity caveat appears iff every family's selectivity at its held-out peak is
-    within the binomial half-width of 0; without held-out numbers the key says in-sample."""
+def test_finding_uses_every_control_at_every_layer(neg_run):
+    """The verdict counts, over every layer, where the classes are decodable and where beyond
+    the control task and the token embedding; decodable but no better than those is its own
+    verdict; without held-out numbers the key says in-sample and the controls are unavailable."""
     import copy
 
     from mechprobe.experiments.result import ExperimentResult
+    from mechprobe.experiments.spec import WORD_IDENTITY
 
     def finding_of(summary):
         return e1.finding(ExperimentResult(neg_run.name, neg_run.arrays, summary))
 
-    s = neg_run.summary
-    half = 1.96 * (0.25 / sum(s["n_samples"].values())) ** 0.5
-    rows = s["per_layer"]
-    peaks = {}
-    for fam in s["components"]:
-        held = [r[fam]["mean_heldout_accuracy"] for r in rows]
-        peaks[fam] = int(np.nanargmax(held))
-    small = all(abs(rows[i][fam]["selectivity"]) <= half for fam, i in peaks.items())
+    s = copy.deepcopy(neg_run.summary)
+    n = sum(s["n_samples"].values())
+    half = 1.96 * (0.25 / n) ** 0.5
+    lex = s["lexical_baseline"]["mean_heldout_accuracy"]
+    decodable = copy.deepcopy(s)  # every layer decodable: many significant, accurate held out
+    for row in decodable["per_layer"]:
+        for fam in s["components"]:
+            row[fam].update(percent_significant=50.0, mean_heldout_accuracy_sig=0.99)
+    lexical, tuned = copy.deepcopy(decodable), copy.deepcopy(decodable)
+    for row in lexical["per_layer"]:
+        for fam in s["components"]:
+            row[fam].update(selectivity=0.0)
+    for row in tuned["per_layer"]:
+        for fam in s["components"]:
+            row[fam].update(selectivity=2 * half, mean_heldout_accuracy=lex + 2 * half)
+    f = finding_of(lexical)
+    assert f.verdict == WORD_IDENTITY
+    assert "no better than a random labelling of the same words" in f.this_run
+    n_layers = len(s["per_layer"])
+    assert f"selectivity above +{half * 2**0.5:.3f} in 0 of those layers" in f.this_run
+    assert finding_of(tuned).verdict == "holds"
+    assert f"in {n_layers} of those layers" in finding_of(tuned).this_run
+    partly = copy.deepcopy(tuned)
+    for row in partly["per_layer"]:
+        row["mlp"].update(selectivity=0.0)
+    assert finding_of(partly).verdict == "partly holds"
+    none = copy.deepcopy(s)
+    for row in none["per_layer"]:
+        for fam in s["components"]:
+            row[fam].update(percent_significant=0.0)
+    assert finding_of(none).verdict == "does not hold"
     f = finding_of(s)
-    assert ("caveat: the selectivity is within" in f.this_run) == small
     assert f.key.startswith("Q|K|V held-out accuracy peak ")
-    tiny, large = copy.deepcopy(s), copy.deepcopy(s)
-    for fam, i in peaks.items():
-        tiny["per_layer"][i][fam]["selectivity"] = 0.0
-        large["per_layer"][i][fam]["selectivity"] = half + 0.01
-    assert f"caveat: the selectivity is within +-{half:.3f} of 0" in finding_of(tiny).this_run
-    assert "caveat" not in finding_of(large).this_run
     in_sample = copy.deepcopy(s)  # as a --store run writes it: no held-out statistics
     for row in in_sample["per_layer"]:
         for fam in s["components"]:
@@ -298,7 +317,16 @@ def test_finding_caveat_and_key_follow_the_summary(neg_run):
                 del row[fam][k]
     f = finding_of(in_sample)
     peak = max(r["qkv"]["mean_accuracy"] for r in in_sample["per_layer"])
-    assert f.key == f"Q|K|V in-sample accuracy peak {peak:.2f}" and "caveat" not in f.this_run
+    assert f.key == f"Q|K|V in-sample accuracy peak {peak:.2f}"
+    assert "controls unavailable" in f.this_run
+
+
+@pytest.mark.unit
+def test_a_random_weight_model_never_holds(tiny_model, shared_text):
+    """tiny-gpt2 has random weights: E1 on the whole text with every control is not "holds"."""
+    res = mechprobe.negation(tiny_model, shared_text)
+    assert res.finding.verdict != "holds"
+    assert res.finding.verdict in ("decodable, explained by word identity", "does not hold")
 
 
 # ------------------------------------------------------------------- CLI

@@ -7,12 +7,13 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from mechprobe.experiments.result import ExperimentResult
-from mechprobe.experiments.spec import Finding, verdict_of
+from mechprobe.experiments.spec import WORD_IDENTITY, Finding, verdict_of
 
 #: The course's claim for the negation preset holds in a family when at least this share of its
 #: units is significant in more than half of the layers, and their held-out accuracy is above
@@ -66,64 +67,114 @@ def text_of(data: dict[str, Any]) -> str:
     return str(data.get("source", data.get("labels")))
 
 
-def probe_finding(result: ExperimentResult, claim: str | None) -> Finding:
-    """The finding of a probe; with ``claim`` (the negation preset) the course's verdict.
+@dataclass(frozen=True)
+class FamilyTest:
+    """What one family's per-layer numbers say, counted over every layer.
 
-    Per family: the layer where the held-out accuracy of all units peaks, its selectivity (held
-    out minus the control task) and the share of significant units there beside the
-    label-shuffle baseline, and the token embedding's held-out accuracy (the lexical baseline).
-    The course's claim holds in a family when at least `SIGNIFICANT_SHARE` % of its units are
-    significant in more than half of the layers and, in most of those layers, the significant
-    units' held-out accuracy exceeds chance (`chance_of`: the majority class's share) by more
-    than the binomial 95% half-width ``1.96 * sqrt(0.25 / n)``; it holds when so in every
-    family, partly in some. The verdict is on the claim as the course states it; when the
-    selectivity at every family's peak is within that half-width of 0, the text adds that the
-    accuracies show word identity (the control task, a random labelling of the words, is
-    decoded as well), not class tuning.
+    Attributes:
+        family: The family.
+        n_layers: Layers analysed.
+        decodable: Layers where at least `SIGNIFICANT_SHARE` % of units are significant and
+            (with held-out folds) the significant units' held-out accuracy beats chance by more
+            than the binomial half-width.
+        selective: Decodable layers whose selectivity (held-out minus control-task accuracy)
+            is above 0 by more than its half-width (None: no control task).
+        above_embedding: Decodable layers whose mean held-out accuracy beats the token
+            embedding's by more than the half-width (None: no lexical baseline).
+        text: The family's sentence for the finding.
+    """
+
+    family: str
+    n_layers: int
+    decodable: int
+    selective: int | None
+    above_embedding: int | None
+    text: str
+
+    @property
+    def is_decodable(self) -> bool:
+        """Decodable in more than half of the layers."""
+        return self.decodable > self.n_layers / 2
+
+    @property
+    def beyond_word_identity(self) -> bool | None:
+        """In most decodable layers, better than both the control task and the embedding."""
+        if self.selective is None or self.above_embedding is None:
+            return None
+        need = self.decodable / 2
+        return self.selective > need and self.above_embedding > need
+
+
+def _family_test(s: dict[str, Any], fam: str, key: str, half: float) -> FamilyTest:
+    """Count, over every layer, where the family is decodable and beyond its controls."""
+    rows, chance = s["per_layer"], chance_of(s)
+    pct = np.array([r[key]["percent_significant"] for r in rows])
+    decodable = pct >= SIGNIFICANT_SHARE
+    text = (
+        f"{LABELS.get(fam, fam)}: >= {SIGNIFICANT_SHARE:g}% of units significant in "
+        f"{int(decodable.sum())} of {len(rows)} layers"
+    )
+    selective = above = None
+    if "mean_heldout_accuracy" in rows[0][key]:
+        held = np.array([r[key]["mean_heldout_accuracy"] for r in rows])
+        sig_held = np.array([r[key].get("mean_heldout_accuracy_sig", np.nan) for r in rows])
+        decodable &= np.nan_to_num(sig_held, nan=0.0) > chance + half
+        i = int(np.nanargmax(held))
+        sel = rows[i][key].get("selectivity")
+        shuffled = rows[i][key].get("percent_significant_shuffled")
+        text += (
+            f" ({int(decodable.sum())} above chance held out); held-out accuracy of all units "
+            f"peaks at {held[i]:.2f} at layer {rows[i]['layer']} ({pct[i]:.0f}% significant"
+            + (f", {shuffled:.1f}% with shuffled labels" if shuffled is not None else "")
+            + (f"; selectivity {sel:+.2f} over the control task" if sel is not None else "")
+            + ")"
+        )
+        sels = [r[key].get("selectivity") for r in rows]
+        lex = (s.get("lexical_baseline") or {}).get("mean_heldout_accuracy")
+        if all(v is not None for v in sels):
+            selective = int((decodable & (np.array(sels, dtype=float) > half * 2**0.5)).sum())
+            text += f"; selectivity above +{half * 2**0.5:.3f} in {selective} of those layers"
+        if lex is not None:
+            above = int((decodable & (held > lex + half)).sum())
+            text += f", above the token embedding ({lex:.2f}) in {above}"
+    return FamilyTest(fam, len(rows), int(decodable.sum()), selective, above, text)
+
+
+def probe_finding(result: ExperimentResult, claim: str | None) -> Finding:
+    """The finding of a probe, on one rule for the course's claim and for any classes.
+
+    Per family and over every layer: where the classes are decodable (at least
+    `SIGNIFICANT_SHARE` % of units significant and, held out, the significant units beat chance
+    (`chance_of`) by more than the binomial 95% half-width ``h = 1.96 * sqrt(0.25 / n)``), and
+    in how many of those layers the decoding is beyond the words' identity: selectivity (held-out
+    minus control-task accuracy) above ``sqrt(2) * h`` and mean held-out accuracy above the
+    token embedding's by more than ``h``. A family holds when it is decodable in more than half
+    the layers and beyond word identity in most of those. The verdict: ``holds`` when every
+    family holds, ``partly holds`` when some do, `WORD_IDENTITY` when the classes are decodable
+    but no family is beyond word identity (a random-weights model reaches that too), else
+    ``does not hold``. Without held-out folds or controls the rule falls back to decodability
+    alone, and says so.
     """
     s = result.summary
     n = sum(s["n_samples"].values())
     half = 1.96 * (0.25 / n) ** 0.5
-    chance = chance_of(s)
-    rows, parts, holds, selectivities = s["per_layer"], [], [], []
-    for fam, key in _family_keys(s):
-        pct = np.array([r[key]["percent_significant"] for r in rows])
-        many = pct >= SIGNIFICANT_SHARE
-        text = (
-            f"{LABELS.get(fam, fam)}: >= {SIGNIFICANT_SHARE:g}% of units significant in "
-            f"{int(many.sum())} of {len(rows)} layers"
-        )
-        if "mean_heldout_accuracy" in rows[0][key]:
-            held = np.array([r[key]["mean_heldout_accuracy"] for r in rows])
-            sig_held = np.array([r[key].get("mean_heldout_accuracy_sig", np.nan) for r in rows])
-            general = many & (np.nan_to_num(sig_held, nan=0.0) > chance + half)
-            holds.append(many.sum() > len(rows) / 2 and general.sum() > many.sum() / 2)
-            i = int(np.nanargmax(held))
-            sel = rows[i][key].get("selectivity")
-            selectivities.append(sel)
-            shuffled = rows[i][key].get("percent_significant_shuffled")
-            text += (
-                f"; held-out accuracy of all units peaks at {held[i]:.2f} at layer "
-                f"{rows[i]['layer']} ({pct[i]:.0f}% significant"
-                + (f", {shuffled:.1f}% with shuffled labels" if shuffled is not None else "")
-                + (f"; selectivity {sel:+.2f} over the control task" if sel is not None else "")
-                + ")"
-            )
-        else:
-            holds.append(bool(many.sum() > len(rows) / 2))
-        parts.append(text)
+    tests = [_family_test(s, fam, key, half) for fam, key in _family_keys(s)]
+    parts = [t.text for t in tests]
     lex = s.get("lexical_baseline") or {}
     if "mean_heldout_accuracy" in lex:
         parts.append(
             f"the token embedding alone: held-out accuracy {lex['mean_heldout_accuracy']:.2f} "
             f"(mean), {lex['max_heldout_accuracy']:.2f} (best unit)"
         )
-    if selectivities and all(v is not None and abs(v) <= half for v in selectivities):
+    verdict = _verdict(tests)
+    if verdict == WORD_IDENTITY:
         parts.append(
-            f"caveat: the selectivity is within +-{half:.3f} of 0 in every family, so a random "
-            "labelling of the same words (the control task) is decoded as well: these "
-            "accuracies show the words' identity, not tuning to the classes as such"
+            "so the classes are decoded, but no better than a random labelling of the same "
+            "words (the control task) or the token embedding: these accuracies show the words' "
+            "identity, not tuning to the classes as such"
         )
+    elif any(t.beyond_word_identity is None for t in tests):
+        parts.append("controls unavailable (no held-out folds or control task): decodability only")
     counts = ", ".join(f"{v} {k}" for k, v in s["n_samples"].items())
     this_run = f"{counts}. " + "; ".join(parts) + "."
     sample = (
@@ -137,16 +188,35 @@ def probe_finding(result: ExperimentResult, claim: str | None) -> Finding:
     if s["data"].get("fallback"):
         sample = f"{text_of(s['data'])}; {sample}"
     fam, key = _family_keys(s)[0]
+    rows = s["per_layer"]
     held_out = "mean_heldout_accuracy" in rows[0][key]  # not in --store runs (in-sample only)
     peak = max(r[key]["mean_heldout_accuracy" if held_out else "mean_accuracy"] for r in rows)
     kind = "held-out" if held_out else "in-sample"
     return Finding(
-        claim=claim or "(no course claim: a probe of the classes given)",
+        claim=claim or "(no course claim: the classes given are tested on the same rule)",
         this_run=this_run,
-        verdict=verdict_of(all(holds), partly=any(holds)) if claim else "not tested",
+        verdict=verdict,
         key=f"{LABELS.get(fam, fam)} {kind} accuracy peak {peak:.2f}",
         sample=sample,
     )
+
+
+def _verdict(tests: list[FamilyTest]) -> str:
+    """The verdict of the family tests (see `probe_finding`).
+
+    Example:
+        >>> t = FamilyTest("mlp", 30, 30, 0, 2, "")
+        >>> _verdict([t]), _verdict([FamilyTest("mlp", 30, 30, 29, 29, "")])
+        ('decodable, explained by word identity', 'holds')
+    """
+    holds = [t.is_decodable and (t.beyond_word_identity is not False) for t in tests]
+    if all(holds):
+        return "holds"
+    if any(holds):
+        return "partly holds"
+    if any(t.is_decodable for t in tests):
+        return WORD_IDENTITY
+    return verdict_of(False)
 
 
 def _fmt(x: Any, spec: str) -> str:

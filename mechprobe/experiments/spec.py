@@ -28,8 +28,11 @@ from typing import Any
 
 from mechprobe.models.registry import ModelShape
 
+#: The verdict of classes that are decodable, but no better than the words' identity (the
+#: control task) or the token embedding: the probe cannot tell tuning to the classes from that.
+WORD_IDENTITY = "decodable, explained by word identity"
 #: The verdicts a finding can have.
-VERDICTS = ("holds", "partly holds", "does not hold", "not tested")
+VERDICTS = ("holds", "partly holds", WORD_IDENTITY, "does not hold", "not tested")
 
 
 def option(

@@ -25,6 +25,7 @@ from mechprobe.report.page import CSS, ERROR_TRAP, RENDER
 VERDICT_CLASS = {
     "holds": "ok",
     "partly holds": "partly",
+    "decodable, explained by word identity": "lexical",
     "does not hold": "bad",
     "not tested": "muted",
 }

@@ -40,6 +40,7 @@ th { background: #f5f5f5; }
 .ok { color: #0a7a28; font-weight: 600; }
 .bad { color: #b00020; font-weight: 600; }
 .partly { color: #a35f00; font-weight: 600; }
+.lexical { color: #5b4a9e; font-weight: 600; }
 .verdict { padding: .05rem .45rem; border-radius: .3rem; background: #f3f3f3; }
 .finding { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; }
 .finding div { background: #f8f8fb; border-left: 4px solid #3a6fb0; padding: .5rem .9rem; }

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from mechprobe.io import write_text
+from mechprobe.report.html import VERDICT_CLASS
 from mechprobe.report.page import CSS, ERROR_TRAP, RENDER
-
-VERDICT_CLASS = {"holds": "ok", "partly holds": "partly", "does not hold": "bad"}
 
 
 def _read(path: Path) -> Any:
