@@ -126,13 +126,15 @@ class Result:
         Returns:
             The step directory, which `load_result` reads back.
         """
+        from mechprobe.plots import captions_of
         from mechprobe.report import build_report
         from mechprobe.runner.lock import out_lock
         from mechprobe.runner.steps import write_step
 
         with out_lock(Path(out), self.manifest.get("command", "mechprobe (library call)")) as o:
             manifest = {k: v for k, v in self.manifest.items() if k not in ("format", "files")}
-            path = write_step(o, self.spec, self.raw, self.figures(), manifest, png=png)
+            figures, captions = self.figures(), captions_of(self.raw)
+            path = write_step(o, self.spec, self.raw, figures, manifest, png=png, captions=captions)
             build_report(o)
         return path
 

@@ -280,3 +280,16 @@ def test_store_without_the_scale_extra_is_one_line(tmp_path):
         "mechprobe: error: --store: needs zarr, dask, which the base install leaves out: "
         "pip install 'mechprobe[scale]'"
     ]
+
+
+def test_captions_describe_the_figure_as_drawn(result, tmp_path):
+    """Only MLP ran: the laminar caption names the rows drawn and no Q/K/V panel."""
+    step = result.save(tmp_path)
+    index = {f["name"]: f for f in json.loads((step / "figures" / "index.json").read_text())}
+    caption = index["laminar"]["caption"]
+    fig = result.figures()["laminar"]
+    n_rows = len({t.yaxis for t in fig.data})
+    assert f"{n_rows} rows, top to bottom" in caption
+    assert "Q/K/V" not in caption and "Q, K, V" not in index["beta_by_unit"]["caption"]
+    assert "MLP units" in caption
+    assert "grey: the token embedding alone" in caption

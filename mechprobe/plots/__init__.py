@@ -22,3 +22,18 @@ def figures_of(result: Any) -> dict[str, Any]:
         ModuleNotFoundError: No module named 'mechprobe.plots.nope'
     """
     return dict(importlib.import_module(f"mechprobe.plots.{result.name}").figures(result))
+
+
+def captions_of(result: Any) -> dict[str, str]:
+    """Captions that describe the figures as drawn, where a plot module says more than its spec.
+
+    A plot module may define ``captions(result) -> {figure name: caption}``; the spec's captions
+    stand for every figure it leaves out.
+
+    Example:
+        >>> from mechprobe.experiments.result import ExperimentResult
+        >>> captions_of(ExperimentResult("crosscheck"))
+        {}
+    """
+    module = importlib.import_module(f"mechprobe.plots.{result.name}")
+    return dict(module.captions(result)) if hasattr(module, "captions") else {}

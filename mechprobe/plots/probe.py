@@ -330,6 +330,63 @@ def _curves(per_layer: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]
     return curves
 
 
+#: What each laminar row shows, for the caption: (curve, text, dotted companion's text).
+ROW_TEXT = {
+    "percent_significant": ("the percentage of significant units", "the same with shuffled "
+                            "labels, the false-positive level"),
+    "mean_accuracy": ("the mean in-sample accuracy of all units", None),
+    "mean_heldout_accuracy": ("the mean held-out accuracy of all units", "the control task"),
+    "selectivity": ("the selectivity, held-out minus control-task accuracy: separability that "
+                    "the control task matches is word identity, not the classes", None),
+    "mean_accuracy_sig_pos": ("the in-sample accuracy of the units with a significant "
+                              "positive beta", None),
+}  # fmt: skip
+
+
+def captions(result: Any) -> dict[str, str]:
+    """Captions that describe the figures as drawn: their rows, panels and families.
+
+    Example:
+        >>> from mechprobe.experiments.result import ExperimentResult
+        >>> row = {"layer": 0, "mlp": {"percent_significant": 1.0, "mean_accuracy": 0.6}}
+        >>> res = ExperimentResult("probe", {}, {"per_layer": [row], "components": ["mlp"]})
+        >>> captions(res)["laminar"][:81]
+        'Per layer (MLP units), 2 rows, top to bottom: the percentage of significant units'
+    """
+    s = result.summary
+    curves = _curves(s["per_layer"])
+    rows = [r for r in ROWS if any(r[1] in c for c in curves.values())]
+    fams = list(s["components"])
+    names = [LABELS.get(f, f) for f in fams]
+    if "qkv" in fams and len(fams) > 1:
+        where = "Q/K/V groups left, " + ", ".join(n for n in names if n != "Q|K|V") + " right"
+    else:
+        where = ", ".join(names) + " units"
+    parts = []
+    for _, key, dotted in rows:
+        text, dotted_text = ROW_TEXT[key]
+        extras = []
+        if dotted and dotted_text and any(dotted in c for c in curves.values()):
+            extras.append(f"dotted: {dotted_text}")
+        if key == "mean_heldout_accuracy" and "mean_heldout_accuracy" in (
+            s.get("lexical_baseline") or {}
+        ):
+            extras.append("grey: the token embedding alone")
+        if key in ("mean_heldout_accuracy", "mean_accuracy"):
+            extras.append("thin line: chance, the majority class's share")
+        parts.append(text + (f" ({'; '.join(extras)})" if extras else ""))
+    laminar = f"Per layer ({where}), {len(rows)} rows, top to bottom: " + "; ".join(parts) + "."
+    order = []
+    if "qkv" in fams:
+        order.append("Q, K, V heads in turn")
+    order += [LABELS.get(f, f) + " units" for f in fams if f != "qkv"]
+    beta = (
+        f"Each unit's beta at the detail layer, in unit order ({', then '.join(order)}); large "
+        "dots are significant units."
+    )
+    return {"laminar": laminar, "beta_by_unit": beta}
+
+
 def figures(result: Any) -> dict[str, go.Figure | None]:
     """Every figure of a probe (or negation) result.
 

@@ -268,7 +268,7 @@ def _run_one(
 ) -> StepOutcome:
     """Run one step through `mechprobe.experiments.execute` (the library's path), write it."""
     from mechprobe.faults import failpoint
-    from mechprobe.plots import figures_of
+    from mechprobe.plots import captions_of, figures_of
     from mechprobe.runner.execute import execute, step_manifest
     from mechprobe.runner.steps import write_step
 
@@ -277,7 +277,15 @@ def _run_one(
     figures = figures_of(run.result)
     failpoint(f"{step.spec.name}:computed")
     manifest = step_manifest(run, req, request.command)
-    path = write_step(out, step.spec, run.result, figures, manifest, png=request.png)
+    path = write_step(
+        out,
+        step.spec,
+        run.result,
+        figures,
+        manifest,
+        png=request.png,
+        captions=captions_of(run.result),
+    )
     from mechprobe.runner.manifest import read_manifest
 
     return StepOutcome(path, False, "ran", run.result, read_manifest(path) or manifest)

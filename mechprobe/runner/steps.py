@@ -41,6 +41,7 @@ def write_step(
     manifest: dict[str, Any],
     *,
     png: bool | None = None,
+    captions: dict[str, str] | None = None,
 ) -> Path:
     """Write ``OUT/<spec.name>/`` as a whole: results, figures, then the manifest.
 
@@ -51,6 +52,8 @@ def write_step(
         figures: ``{figure name: plotly Figure or None}`` from the plot module.
         manifest: The manifest (the files' sha256 are added here).
         png: Export PNGs (default: when a browser is available).
+        captions: Captions that describe the figures as drawn (`mechprobe.plots.captions_of`),
+            replacing the spec's for those figures.
 
     Returns:
         The step directory.
@@ -66,8 +69,14 @@ def write_step(
             write_json(tmp / "checks.json", spec.checks(result))
         drawn = {f.name: figures[f.name] for f in spec.figures if figures.get(f.name) is not None}
         save_figures(drawn, tmp / "figures", png=png)
+        said = captions or {}
         index = [
-            {"name": f.name, "title": f.title, "caption": f.caption, "drawn": f.name in drawn}
+            {
+                "name": f.name,
+                "title": f.title,
+                "caption": said.get(f.name, f.caption),
+                "drawn": f.name in drawn,
+            }
             for f in spec.figures
         ]
         write_json(tmp / "figures" / "index.json", index)
