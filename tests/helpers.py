@@ -132,3 +132,17 @@ def realistic(n: int, m: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     relu = rng.random(m) < 0.1
     x[:, relu] = np.maximum(x[:, relu], np.median(x[:, relu], axis=0))
     return x, y
+
+
+def hf_mlp_pre(hf, windows: torch.Tensor, layer: int, pos: int) -> np.ndarray:
+    """GPT-2's MLP input units (``c_fc``'s output) at ``pos`` of each window, by a plain HF hook."""
+    out = {}
+    handle = hf.transformer.h[layer].mlp.c_fc.register_forward_hook(
+        lambda m, i, o: out.__setitem__("x", o.detach())
+    )
+    try:
+        with torch.no_grad():
+            hf(windows)
+    finally:
+        handle.remove()
+    return out["x"][:, pos].double().numpy()

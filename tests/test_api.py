@@ -19,7 +19,7 @@ import torch
 
 import mechprobe
 from mechprobe.errors import MechprobeError
-from tests.helpers import REPO, SHARED_TEXT, run_cli
+from tests.helpers import REPO, SHARED_TEXT, hf_mlp_pre, run_cli
 
 pytestmark = pytest.mark.unit
 
@@ -94,16 +94,7 @@ def test_probe_betas_and_pvalues_equal_statsmodels(result, tiny_reference, text)
     df = result.to_dataframe()
     rng = np.random.default_rng(3)
     for layer in (0, 1):
-        captured = {}
-        handle = hf.transformer.h[layer].mlp.c_fc.register_forward_hook(
-            lambda m, i, o, store=captured: store.__setitem__("x", o.detach())
-        )
-        try:
-            with torch.no_grad():
-                hf(windows)
-        finally:
-            handle.remove()
-        x = captured["x"][:, PRE].double().numpy()
+        x = hf_mlp_pre(hf, windows, layer, PRE)
         rows = df[(df["layer"] == layer) & df["converged"] & ~df["separated"]]
         for unit in rng.choice(rows["unit"].to_numpy(), size=12, replace=False):
             fit = sm.Logit(s["label"].to_numpy(), sm.add_constant(x[:, unit])).fit(disp=0)

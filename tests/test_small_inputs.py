@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import mechprobe
-from tests.helpers import run_cli
+from tests.helpers import hf_mlp_pre, run_cli
 
 pytestmark = pytest.mark.unit
 
@@ -37,16 +37,7 @@ CHAINED = _chained()
 def _mlp_units(hf, tok, text, positions, layer, pre=90, post=10):
     ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
     windows = torch.stack([ids[p - pre : p + post + 1] for p in positions])
-    out = {}
-    handle = hf.transformer.h[layer].mlp.c_fc.register_forward_hook(
-        lambda m, i, o: out.__setitem__("x", o.detach())
-    )
-    try:
-        with torch.no_grad():
-            hf(windows)
-    finally:
-        handle.remove()
-    return out["x"][:, pre].double().numpy()
+    return hf_mlp_pre(hf, windows, layer, pre)
 
 
 def test_negation_on_one_chained_group_exits_0_with_the_course_statistics(tmp_path, tiny_reference):
