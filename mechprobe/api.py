@@ -38,6 +38,8 @@ from mechprobe.experiments.result import ExperimentResult
 from mechprobe.experiments.spec import Experiment, Finding
 
 if TYPE_CHECKING:
+    import xarray as xr
+
     from mechprobe.models.types import Model
 
 __all__ = [
@@ -76,7 +78,7 @@ class Result:
         return self.raw.summary
 
     @cached_property
-    def ds(self) -> Any:
+    def ds(self) -> xr.Dataset:
         """The arrays as an ``xarray.Dataset``: named dimensions, provenance in ``attrs``."""
         from mechprobe.experiments.labelled import to_dataset
 
@@ -116,12 +118,12 @@ class Result:
 
         return {k: v for k, v in figures_of(self.raw).items() if v is not None}
 
-    def save(self, out: str | Path, *, png: bool | None = False) -> Path:
+    def save(self, out: str | Path, *, png: bool | None = None) -> Path:
         """Write ``out/<experiment>/`` exactly as the CLI does, and the report ``out/index.html``.
 
         Args:
             out: The output directory (created; locked while writing).
-            png: Also export PNG figures (None: when a browser is available).
+            png: Also export PNG figures (None: when a browser is available, as the CLI does).
 
         Returns:
             The step directory, which `load_result` reads back.
@@ -197,21 +199,23 @@ class ProbeResult(Result):
             + ", ".join(f"{n} {k}" for k, n in s.get("n_samples", {}).items())
             + " samples"
         ]
-        for fam in s.get("components", []):
-            rows = [(r["layer"], r.get(fam, {})) for r in s.get("per_layer", [])]
+        from mechprobe.experiments.probe_report import family_keys
+
+        for _, key in family_keys(s):
+            rows = [(r["layer"], r[key]) for r in s["per_layer"]]
             scored = [(lay, r) for lay, r in rows if "mean_heldout_accuracy" in r]
             if scored:
                 lay, r = max(scored, key=lambda t: t[1]["mean_heldout_accuracy"])
                 sel = r.get("selectivity")
                 sel_text = "" if sel is None else f", selectivity {sel:+.3f}"
                 lines.append(
-                    f"  {fam}: best layer {lay}, mean held-out accuracy "
+                    f"  {key}: best layer {lay}, mean held-out accuracy "
                     f"{r['mean_heldout_accuracy']:.3f}{sel_text}"
                 )
             elif rows:
                 lay, r = max(rows, key=lambda t: t[1].get("percent_significant", 0.0))
                 lines.append(
-                    f"  {fam}: most significant layer {lay} "
+                    f"  {key}: most significant layer {lay} "
                     f"({r.get('percent_significant', 0.0):.1f}% of units)"
                 )
         finding = self.finding
@@ -516,7 +520,7 @@ def load_result(path: str | Path) -> Result:
     """Read a step directory (``OUT/<experiment>/``, from the CLI or `Result.save`) back.
 
     Example:
-        >>> step = similarity(model, n_boot=0).save("lib-out")
+        >>> step = similarity(model, n_boot=0).save("lib-out", png=False)
         >>> load_result(step).ds["hist"].dims
         ('position', 'block', 'layer', 'bin')
     """

@@ -150,7 +150,7 @@ def test_each_function_dataset_equals_its_cli_step(name, tiny_model, tmp_path):
 
 
 def test_save_then_load_result_gives_an_equal_result(result, tmp_path):
-    step = result.save(tmp_path)
+    step = result.save(tmp_path, png=False)
     assert step == tmp_path / "probe"
     assert (tmp_path / "index.html").is_file()
     again = mechprobe.load_result(step)
@@ -275,7 +275,7 @@ def test_store_without_the_scale_extra_is_one_line(tmp_path):
 
 def test_captions_describe_the_figure_as_drawn(result, tmp_path):
     """Only MLP ran: the laminar caption names the rows drawn and no Q/K/V panel."""
-    step = result.save(tmp_path)
+    step = result.save(tmp_path, png=False)
     index = {f["name"]: f for f in json.loads((step / "figures" / "index.json").read_text())}
     caption = index["laminar"]["caption"]
     fig = result.figures()["laminar"]

@@ -21,8 +21,14 @@ from mechprobe.experiments.spec import WORD_IDENTITY, Finding, verdict_of
 SIGNIFICANT_SHARE = 10.0
 
 
-def _family_keys(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    """``(family, key in per_layer rows)`` of the families, first contrast for several."""
+def family_keys(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(family, key in per_layer rows)`` of the families, first contrast for several.
+
+    Example:
+        >>> family_keys({"components": ["mlp"], "contrasts": ["b", "c"],
+        ...              "per_layer": [{"layer": 0, "mlp:b": {}, "mlp:c": {}}]})
+        [('mlp', 'mlp:b')]
+    """
     row = summary["per_layer"][0]
     out = []
     for fam in summary["components"]:
@@ -158,7 +164,7 @@ def probe_finding(result: ExperimentResult, claim: str | None) -> Finding:
     s = result.summary
     n = sum(s["n_samples"].values())
     half = 1.96 * (0.25 / n) ** 0.5
-    tests = [_family_test(s, fam, key, half) for fam, key in _family_keys(s)]
+    tests = [_family_test(s, fam, key, half) for fam, key in family_keys(s)]
     parts = [t.text for t in tests]
     lex = s.get("lexical_baseline") or {}
     if "mean_heldout_accuracy" in lex:
@@ -187,7 +193,7 @@ def probe_finding(result: ExperimentResult, claim: str | None) -> Finding:
         sample = f"{sample}; {s['heldout_note']}"
     if s["data"].get("fallback"):
         sample = f"{text_of(s['data'])}; {sample}"
-    fam, key = _family_keys(s)[0]
+    fam, key = family_keys(s)[0]
     rows = s["per_layer"]
     held_out = "mean_heldout_accuracy" in rows[0][key]  # not in --store runs (in-sample only)
     peak = max(r[key]["mean_heldout_accuracy" if held_out else "mean_accuracy"] for r in rows)
@@ -237,7 +243,7 @@ def probe_table(result: ExperimentResult) -> str:
     ]
     if s.get("heldout_note"):
         lines.append(f"note: {s['heldout_note']}")
-    keys = _family_keys(s)
+    keys = family_keys(s)
     lines.append("layer " + "".join(f"| {LABELS.get(f, f):^31}" for f, _ in keys))
     for row in s["per_layer"]:
         cells = ""
