@@ -284,3 +284,18 @@ def test_captions_describe_the_figure_as_drawn(result, tmp_path):
     assert "Q/K/V" not in caption and "Q, K, V" not in index["beta_by_unit"]["caption"]
     assert "MLP units" in caption
     assert "grey: the token embedding alone" in caption
+
+
+def test_three_classes_give_one_row_per_contrast(tiny_model, text):
+    classes = {"modal": ["can", "could"], "negation": ["not", "never"], "past": ["was", "were"]}
+    res = mechprobe.probe(
+        tiny_model, text, classes, families=["mlp"], layers=[1], context_pre=PRE,
+        context_post=POST, folds=0, no_controls=True,
+    )  # fmt: skip
+    df = res.to_dataframe()
+    d_mlp = tiny_model.cfg.d_mlp
+    assert list(df.columns[:4]) == ["family", "contrast", "layer", "unit"]
+    assert len(df) == 3 * d_mlp
+    assert sorted(df["contrast"].unique()) == sorted(classes)
+    assert sorted(res.samples["class"].unique()) == sorted(classes)
+    assert "mlp:modal: most significant layer 1" in repr(res)
