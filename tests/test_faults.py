@@ -134,5 +134,64 @@ def test_all_killed_at_several_points_then_resumed_equals_a_clean_run(
         assert sorted(got) == sorted(want), step
         for key in want:
             np.testing.assert_array_equal(got[key], want[key], err_msg=f"{step}.{key}")
-    leftovers = [p.name for p in out.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    leftovers = [p.name for p in out.iterdir() if p.name.startswith(".mechprobe-")]
     assert not leftovers
+
+
+# --- issue 20: nothing lost, nothing clobbered -------------------------------------------------
+
+TINY = ("--model", "tiny-gpt2", "--no-png")
+
+
+def tree(path):
+    """Every file under ``path`` with its bytes: equal trees mean untouched data."""
+    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_start_up_cleanup_leaves_the_users_dot_directories_alone(tmp_path, tiny_cli):
+    from tests.helpers import run_cli
+
+    out = tmp_path / "work"  # an OUT that is the user's working directory
+    for name in (".thesis.tmp-final", ".heads.old-draft", ".mechprobe-tmp-heads-0123456789ab"):
+        (out / name).mkdir(parents=True)
+        (out / name / "chapter.tex").write_text(f"user's {name}\n")
+    before = tree(out)
+    code, _, err = run_cli("heads", *TINY, "--out", str(out))
+    assert code == 0, err
+    assert "[clean]" not in err
+    assert {k: v for k, v in tree(out).items() if k.parts[0] in {n.parts[0] for n in before}} == (
+        before
+    )
+    # what a killed run leaves (temporary and set-aside directories) is still cleaned up
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".mechprobe-")) == [
+        ".mechprobe-tmp-heads-0123456789ab"
+    ]
+
+
+@pytest.mark.parametrize("kind", ["symlink", "directory", "fifo", "hardlink"])
+def test_a_lock_file_that_is_not_a_plain_file_is_refused_and_nothing_is_written(
+    tmp_path, tiny_cli, kind
+):
+    from tests.helpers import run_cli
+
+    out, victim = tmp_path / "out", tmp_path / "victim.txt"
+    out.mkdir()
+    victim.write_text("precious results\n")
+    lock = out / ".mechprobe.lock"
+    make = {
+        "symlink": lambda: lock.symlink_to(victim),
+        "directory": lock.mkdir,
+        "fifo": lambda: os.mkfifo(lock),
+        "hardlink": lambda: os.link(victim, lock),
+    }
+    make[kind]()
+    code, _, err = run_cli("heads", *TINY, "--out", str(out))
+    cause = {
+        "symlink": "the lock file is a symbolic link",
+        "directory": "the lock file is a directory",
+        "fifo": "the lock file is not a regular file",
+        "hardlink": "the lock file has 2 hard links",
+    }[kind]
+    assert_one_line_error(code, err, f"{lock}: {cause}", "remove it")
+    assert victim.read_text() == "precious results\n"
+    assert not (out / "heads").exists()

@@ -63,7 +63,7 @@ def test_all_writes_every_experiment_and_resume_reuses(full_run, shared_text):
         assert (out / step / "manifest.json").is_file(), step
         assert (out / step / "figures" / "index.json").is_file(), step
         assert step in stdout
-    assert not [p for p in out.rglob("*") if ".tmp-" in p.name or ".old-" in p.name]
+    assert not [p for p in out.rglob("*") if p.name.startswith(".mechprobe-")]
     before = (out / "heads" / "manifest.json").read_bytes()
     code, _, err = run_cli(
         "all", "--model", "tiny-gpt2", "--out", str(out), "--text", str(shared_text),
