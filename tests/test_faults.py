@@ -6,6 +6,7 @@ bad-server cases live in tests/test_cache.py and tests/test_download.py (marker 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -195,3 +196,38 @@ def test_a_lock_file_that_is_not_a_plain_file_is_refused_and_nothing_is_written(
     assert_one_line_error(code, err, f"{lock}: {cause}", "remove it")
     assert victim.read_text() == "precious results\n"
     assert not (out / "heads").exists()
+
+
+def test_sweep_models_whose_names_read_alike_get_their_own_folders(tmp_path, tiny_cli):
+    from mechprobe.models.sources import tiny_gpt2
+    from mechprobe.runner.sweep import model_dir
+    from tests.helpers import run_cli
+
+    hf, tok = tiny_gpt2()
+    models = [tmp_path / "a+1", tmp_path / "a_1"]
+    for path in models:
+        hf.save_pretrained(path)
+        tok.save_pretrained(path)
+    out = tmp_path / "out"
+    code, _, err = run_cli(
+        "sweep", "--models", ",".join(map(str, models)), "--experiments", "heads",
+        "--out", str(out), "--no-png",
+    )  # fmt: skip
+    assert code == 0, err
+    dirs = [model_dir(out, str(m)) for m in models]
+    assert dirs[0] != dirs[1] and all("_a_1-" in d.name for d in dirs)
+    for model, d in zip(models, dirs, strict=True):
+        manifest = json.loads((d / "heads" / "manifest.json").read_text())
+        assert manifest["model"]["model"] == str(model)
+
+
+def test_sweep_refuses_a_mistyped_model_name_before_anything_runs(tmp_path, tiny_cli, monkeypatch):
+    from tests.helpers import run_cli
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    code, _, err = run_cli(
+        "sweep", "--models", "tiny-gpt2,tiny-gpt3", "--experiments", "heads", "--out", str(out)
+    )
+    assert_one_line_error(code, err, "--models: tiny-gpt3: not a known model", "'tiny-gpt2'?")
+    assert not out.exists() or not list(out.iterdir())

@@ -124,9 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep",
         parents=[common_options(model=False)],
         help="run the experiments on several models; one comparative page OUT/index.html",
-        description="Run every experiment (or --experiments) on each model into OUT/<model>/, one "
-        "model in memory at a time, then write a comparative page. Models that cannot be loaded "
-        "here (hub models offline) are listed as skipped.",
+        description="Run every experiment (or --experiments) on each model into "
+        "OUT/<model>-<hash>/, one model in memory at a time, then write a comparative page. "
+        "Models that cannot be loaded here (hub models offline) are listed as skipped.",
     )
     p.add_argument(
         "--models",

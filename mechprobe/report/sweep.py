@@ -103,7 +103,7 @@ def build_sweep_page(out: Path, models: Sequence[str], skipped: Mapping[str, str
     """Write ``OUT/index.html`` for a sweep over ``models`` (skipped ones with their reason).
 
     Args:
-        out: The sweep's output directory (each model's run in ``OUT/<model>/``).
+        out: The sweep's output directory (each model's run in `mechprobe.runner.sweep.model_dir`).
         models: The models, in page order.
         skipped: ``{model: reason}`` of models that could not run here.
     """
