@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 
+from mechprobe.errors import MechprobeError
 from mechprobe.experiments import default_steps
 from tests.helpers import REPO, assert_one_line_error
 
@@ -231,3 +232,54 @@ def test_sweep_refuses_a_mistyped_model_name_before_anything_runs(tmp_path, tiny
     )
     assert_one_line_error(code, err, "--models: tiny-gpt3: not a known model", "'tiny-gpt2'?")
     assert not out.exists() or not list(out.iterdir())
+
+
+def test_an_out_holding_another_models_run_is_refused_unless_overwrite(tmp_path, tiny_cli):
+    from mechprobe.models.sources import tiny_gpt2
+    from tests.helpers import run_cli
+
+    other = tmp_path / "other-model"
+    hf, tok = tiny_gpt2()
+    hf.save_pretrained(other)
+    tok.save_pretrained(other)
+    out = tmp_path / "out"
+    assert run_cli("heads", *TINY, "--out", str(out))[0] == 0
+    before = tree(out / "heads")
+    for command in ("heads", "all"):
+        argv = (command, "--model", str(other), "--out", str(out), "--no-png")
+        if command == "all":
+            argv += ("--steps", "heads")
+        code, _, err = run_cli(*argv)
+        assert_one_line_error(
+            code, err, f"{out} holds a run of tiny-gpt2 (heads); give --overwrite to replace it"
+        )
+        assert tree(out / "heads") == before
+    code, _, err = run_cli("heads", "--model", str(other), "--out", str(out), "--overwrite")
+    assert code == 0, err
+    assert f"[overwrite] {out} holds a run of tiny-gpt2 (heads)" in err
+    assert json.loads((out / "heads" / "manifest.json").read_text())["model"]["model"] == str(other)
+
+
+def test_a_probe_out_holding_another_class_file_is_refused(tmp_path, tiny_cli, shared_text):
+    from mechprobe.runner.run import RunRequest, Step, run_steps
+    from tests.helpers import run_cli
+
+    one, two = tmp_path / "one.toml", tmp_path / "two.toml"
+    rule = '[[class]]\nname = "{}"\nwords = [{}]\n'
+    one.write_text(rule.format("a", '"is", "are"') + rule.format("b", '"was", "were"'))
+    two.write_text(rule.format("a", '"has", "have"') + rule.format("b", '"had"'))
+    out = tmp_path / "out"
+    argv = ("probe", *TINY, "--out", str(out), "--text", str(shared_text), "--max-samples", "20",
+            "--folds", "2")  # fmt: skip
+    assert run_cli(*argv, "--classes", str(one))[0] == 0
+    before = tree(out / "probe")
+    code, _, err = run_cli(*argv, "--classes", str(two))
+    assert_one_line_error(code, err, f"{out / 'probe'} holds a probe run on the class file {one}")
+    assert tree(out / "probe") == before
+    # the rule is the runner's: a library call is refused the same way
+    from mechprobe.experiments import get
+
+    config = get("probe").config(text=str(shared_text), classes=str(two), max_samples=20, folds=2)
+    with pytest.raises(MechprobeError, match="holds a probe run on the class file"):
+        run_steps(RunRequest("tiny-gpt2", out, [Step(get("probe"), config)], png=False))
+    assert tree(out / "probe") == before

@@ -73,6 +73,12 @@ def common_options(model: bool = True) -> argparse.ArgumentParser:
         help="reuse a step whose earlier result matches this request exactly (model, weights, "
         "settings, inputs, versions); rerun the others and say why",
     )
+    common.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace what OUT holds of another model (or, for probe, of another class file); "
+        "without it such an OUT is refused",
+    )
     common.add_argument("--no-png", action="store_true", help="skip PNG export (HTML figures only)")
     return common
 

@@ -128,6 +128,7 @@ def sweep(
     placement: Placement | None = None,
     png: bool | None = None,
     command: str = "mechprobe sweep (library call)",
+    overwrite: bool = False,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
 ) -> SweepOutcome:
     """Run ``steps()`` on each model into `model_dir`, then write the comparative page.
@@ -140,6 +141,7 @@ def sweep(
         placement: Where each model's weights go, and their dtype (default: one device).
         png: Export PNG figures (default: when a browser is available).
         command: The command line, for the manifests.
+        overwrite: Replace a model folder's run of another model (see `RunRequest`).
         log: Progress lines.
     """
     from mechprobe.report.sweep import build_sweep_page
@@ -161,6 +163,7 @@ def sweep(
             placement=placement or Placement(),
             png=png,
             command=command,
+            overwrite=overwrite,
         )
         outcome.runs[model] = run_steps(request, log=log)
         outcome.wall_s[model] = time.perf_counter() - t0
