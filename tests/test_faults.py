@@ -283,3 +283,34 @@ def test_a_probe_out_holding_another_class_file_is_refused(tmp_path, tiny_cli, s
     with pytest.raises(MechprobeError, match="holds a probe run on the class file"):
         run_steps(RunRequest("tiny-gpt2", out, [Step(get("probe"), config)], png=False))
     assert tree(out / "probe") == before
+
+
+def test_weights_rewritten_in_place_with_a_restored_mtime_are_not_reused(
+    tmp_path, tiny_cli, monkeypatch
+):
+    import time
+
+    from mechprobe.models.sources import tiny_gpt2
+    from tests.helpers import run_cli
+
+    model = tmp_path / "local-model"
+    hf, tok = tiny_gpt2()
+    hf.save_pretrained(model)
+    tok.save_pretrained(model)
+    monkeypatch.setenv("MECHPROBE_CACHE", str(tmp_path / "cache"))  # a fresh hash memo
+    time.sleep(2.1)  # older than the memo's racy window: the memo is trusted from here on
+    out = tmp_path / "out"
+    argv = ("heads", "--model", str(model), "--out", str(out), "--no-png")
+    assert run_cli(*argv)[0] == 0
+    weights = model / "model.safetensors"
+    st = weights.stat()
+    with open(weights, "r+b") as fh:  # same size, last value changed, mtime put back
+        fh.seek(-4, os.SEEK_END)
+        last = fh.read(4)
+        fh.seek(-4, os.SEEK_END)
+        fh.write(bytes(b ^ 0x40 for b in last))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (weights.stat().st_size, weights.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    code, _, err = run_cli(*argv, "--resume")
+    assert code == 0, err
+    assert "[rerun] heads: model.sha256 changed" in err and "[reuse]" not in err
