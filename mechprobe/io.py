@@ -42,6 +42,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     Yields:
         A temporary path in the same directory; write the file there.
 
+    Raises:
+        OSError: The write failed; its ``filename`` is ``path`` when the error named none.
+
     Example:
         >>> with atomic_path("out/result.txt") as tmp:
         ...     _ = tmp.write_text("done")
@@ -60,6 +63,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual mode
         os.replace(tmp, dest)
+    except OSError as exc:  # a failed write (disk full, size limit) names the file it was for
+        if exc.filename is None:
+            exc.filename = str(dest)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -146,8 +146,9 @@ TINY = ("--model", "tiny-gpt2", "--no-png")
 
 
 def tree(path):
-    """Every file under ``path`` with its bytes: equal trees mean untouched data."""
-    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+    """Every file under ``path`` but the lock, with its bytes: equal trees mean untouched data."""
+    files = (p for p in sorted(path.rglob("*")) if p.is_file() and p.name != ".mechprobe.lock")
+    return {p.relative_to(path): p.read_bytes() for p in files}
 
 
 def test_start_up_cleanup_leaves_the_users_dot_directories_alone(tmp_path, tiny_cli):
@@ -314,3 +315,137 @@ def test_weights_rewritten_in_place_with_a_restored_mtime_are_not_reused(
     code, _, err = run_cli(*argv, "--resume")
     assert code == 0, err
     assert "[rerun] heads: model.sha256 changed" in err and "[reuse]" not in err
+
+
+# --- issue 20: one line for every environmental fault -------------------------------------------
+
+
+def assert_one_io_failure(code, err, *fragments):
+    """An I/O failure: exit 1, one line 'mechprobe: error: <path>: <cause> (I/O failure; ...)'."""
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 1 and "Traceback" not in err, (code, err)
+    assert lines[-1].startswith("mechprobe: error: ") and "(I/O failure;" in lines[-1], err
+    assert all(line.startswith("[") for line in lines[:-1]), err
+    for f in fragments:
+        assert f in lines[-1], (f, lines[-1])
+
+
+def bare_mechprobe(*argv, cwd, env=None, **kwargs):
+    """`python -m mechprobe` in ``cwd`` with ``env`` replacing variables (None: removed)."""
+    full = {**os.environ, "MECHPROBE_NO_PNG": "1", "HF_HUB_OFFLINE": "1"}
+    full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    for key, value in (env or {}).items():
+        if value is None:
+            full.pop(key, None)
+        else:
+            full[key] = value
+    return subprocess.run(
+        [sys.executable, "-m", "mechprobe", *argv], capture_output="stdout" not in kwargs,
+        text=True, timeout=300, cwd=cwd, env=full, **kwargs,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ["empty variable", "a file", "HOME a file"])
+def test_a_cache_that_cannot_be_used_is_one_line(tmp_path, case):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a directory\n")
+    env = {
+        "empty variable": {"MECHPROBE_CACHE": ""},
+        "a file": {"MECHPROBE_CACHE": str(blocker)},
+        "HOME a file": {"MECHPROBE_CACHE": None, "XDG_CACHE_HOME": None, "HOME": str(blocker)},
+    }[case]
+    work = tmp_path / "work"
+    work.mkdir()
+    res = bare_mechprobe("heads", "--model", "tiny-gpt2", "--out", "out", cwd=work, env=env)
+    if case == "empty variable":
+        want = ["MECHPROBE_CACHE: set but empty; unset it"]
+    else:
+        want = [f"{blocker}/", "cannot create the cache directory: Not a directory"]
+    assert_one_line_error(res.returncode, res.stderr, *want)
+    assert blocker.read_text() == "a file, not a directory\n"
+    assert sorted(p.name for p in work.iterdir()) in ([], ["out"])  # no cache in the cwd
+    assert not (work / "out" / "heads").exists()
+
+
+@pytest.mark.parametrize("entry", ["heads is a file", "heads is not ours", "index.html is a dir"])
+def test_an_out_entry_of_the_wrong_type_is_one_line_and_kept(tmp_path, tiny_cli, entry):
+    from tests.helpers import run_cli
+
+    out = tmp_path / "out"
+    out.mkdir()
+    if entry == "heads is a file":
+        (out / "heads").write_text("my notes\n")
+        want = f"{out / 'heads'}: a file where the heads step's directory goes"
+    elif entry == "heads is not ours":
+        (out / "heads").mkdir()
+        (out / "heads" / "notes.txt").write_text("my notes\n")
+        want = f"{out / 'heads'}: a directory mechprobe did not write (no manifest.json)"
+    else:
+        (out / "index.html").mkdir()
+        (out / "index.html" / "notes.txt").write_text("my notes\n")
+        want = f"{out / 'index.html'}: not a plain file where the report goes"
+    before = tree(out)
+    code, _, err = run_cli("heads", *TINY, "--out", str(out))
+    assert_one_line_error(code, err, want, "move it away")
+    assert tree(out) == before
+
+
+def test_a_manifest_that_is_json_but_not_an_object_is_rerun(tmp_path, tiny_cli):
+    from tests.helpers import run_cli
+
+    out = tmp_path / "out"
+    assert run_cli("heads", *TINY, "--out", str(out))[0] == 0
+    (out / "heads" / "manifest.json").write_text("[1, 2, 3]\n")
+    code, _, err = run_cli("heads", *TINY, "--out", str(out), "--resume")
+    assert code == 0, err
+    assert "[rerun] heads: no complete earlier result" in err
+    assert isinstance(json.loads((out / "heads" / "manifest.json").read_text()), dict)
+
+
+def test_a_file_size_limit_is_one_line_exit_1_and_earlier_results_stay(tmp_path):
+    import resource
+    import signal
+
+    out = tmp_path / "out"
+    assert bare_mechprobe("heads", *TINY, "--out", str(out), cwd=tmp_path).returncode == 0
+    before = tree(out)
+
+    def limit():  # 64 KB per file: the step's figures cannot be written
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+
+    res = bare_mechprobe(
+        "heads", *TINY, "--out", str(out), "--layer", "0", cwd=tmp_path, preexec_fn=limit
+    )
+    assert_one_io_failure(res.returncode, res.stderr, f"{out}/", ": File too large")
+    assert tree(out) == before
+
+
+def test_a_full_disk_is_one_line_exit_1_and_earlier_results_stay(tmp_path, tiny_cli, monkeypatch):
+    import errno
+
+    import mechprobe.runner.steps
+    from tests.helpers import run_cli
+
+    out = tmp_path / "out"
+    assert run_cli("heads", *TINY, "--out", str(out))[0] == 0
+    before = tree(out)
+
+    def full(path, arrays):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(mechprobe.runner.steps, "write_npz", full)
+    code, _, err = run_cli("heads", *TINY, "--out", str(out), "--layer", "0")
+    assert_one_io_failure(code, err, "arrays.npz: No space left on device")
+    assert tree(out) == before
+
+
+def test_a_full_or_closed_stdout_is_one_line(tmp_path):
+    with open("/dev/full", "w") as full:
+        res = bare_mechprobe("models", cwd=tmp_path, stdout=full, stderr=subprocess.PIPE)
+    assert_one_io_failure(res.returncode, res.stderr, "<stdout>: No space left on device")
+    res = bare_mechprobe(
+        "heads", *TINY, "--out", "out", cwd=tmp_path, preexec_fn=lambda: os.close(1)
+    )
+    assert_one_line_error(res.returncode, res.stderr, "<stdout>: closed; redirect it")
+    assert not (tmp_path / "out").exists()

@@ -49,17 +49,35 @@ _HASH_MEMO: dict[str, list[Any]] = {}
 def cache_dir(*parts: str) -> Path:
     """Return (and create) a directory inside mechprobe's cache.
 
+    Raises:
+        MechprobeError: ``MECHPROBE_CACHE`` is set but empty (it would mean the current
+            directory), or the directory cannot be created (a file in the way, a HOME that
+            cannot hold a cache, no permission): ``<path>: <cause>``.
+
     Example:
         >>> cache_dir("tokenizers").name
         'tokenizers'
     """
+    from mechprobe.errors import MechprobeError
+
     root = os.environ.get("MECHPROBE_CACHE")
+    if root is not None and not root.strip():
+        raise MechprobeError(
+            "MECHPROBE_CACHE: set but empty; unset it (default ~/.cache/mechprobe) or give a "
+            "directory"
+        )
     if root is None:
         import platformdirs
 
         root = platformdirs.user_cache_dir("mechprobe")
     path = Path(root).joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MechprobeError(
+            f"{exc.filename or path}: cannot create the cache directory: {exc.strerror}; set "
+            "MECHPROBE_CACHE to a writable directory"
+        ) from exc
     return path
 
 

@@ -30,6 +30,12 @@ def _read(path: Path) -> Any:
         return None
 
 
+def _read_object(path: Path) -> dict[str, Any] | None:
+    """A JSON object (a manifest, a finding); None when unreadable or not an object."""
+    data = _read(path)
+    return data if isinstance(data, dict) else None
+
+
 def _figure(fig: Any, fid: str) -> str:
     spec = fig.to_json().replace("</", "<\\/")
     return (
@@ -46,7 +52,7 @@ def _findings(specs: Mapping[str, Any], dirs: Mapping[str, Path]) -> str:
             continue
         cells = []
         for d in dirs.values():
-            f = _read(d / name / "finding.json")
+            f = _read_object(d / name / "finding.json")
             if f is None:
                 cells.append("<td class='muted'>not run</td>")
                 continue
@@ -68,7 +74,7 @@ def _per_model(dirs: Mapping[str, Path]) -> str:
     """Parity and provenance/cost per model, from the manifests and crosscheck checks."""
     prov, parity = [], []
     for model, d in dirs.items():
-        manifests = [m for p in sorted(d.glob("*/manifest.json")) if (m := _read(p))]
+        manifests = [m for p in sorted(d.glob("*/manifest.json")) if (m := _read_object(p))]
         if not manifests:
             continue
         info = manifests[0]["model"]
@@ -122,7 +128,7 @@ def build_sweep_page(out: Path, models: Sequence[str], skipped: Mapping[str, str
             continue
         curves, n_layers = {}, {}
         for model, d in dirs.items():
-            manifest = _read(d / name / "manifest.json")
+            manifest = _read_object(d / name / "manifest.json")
             if manifest is None:
                 continue
             curves[model] = spec.depth_curves(load_result(d / name))

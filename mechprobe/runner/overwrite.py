@@ -6,6 +6,10 @@ sit next to them as if they were one run), so it is refused unless the caller as
 ``overwrite``; so is a ``probe`` run whose class file (or labels file) is not the one of the
 probe already there. The check reads the manifests only: it costs a few milliseconds.
 
+An entry of the wrong type where a run writes (a file named like a step, a directory named
+``index.html``), or a step-named directory that mechprobe did not write (no ``manifest.json``),
+is refused too (`misplaced`), so that nothing of the user's is moved or removed.
+
 Example:
     >>> foreign_run(Path("empty-out"), "tiny-gpt2", {}) is None
     True
@@ -18,7 +22,7 @@ from typing import Any
 
 from mechprobe.runner.manifest import read_manifest
 
-__all__ = ["foreign_run"]
+__all__ = ["foreign_run", "misplaced"]
 
 
 def _recorded_model(manifest: dict[str, Any]) -> str | None:
@@ -68,4 +72,35 @@ def foreign_run(out: Path, model: str, requests: dict[str, dict[str, Any]]) -> s
     if others:
         runs = "; ".join(f"{m} ({', '.join(steps)})" for m, steps in others.items())
         return f"{out} holds a run of {runs}"
+    return None
+
+
+def misplaced(out: Path, steps: list[str], *, overwrite: bool = False) -> str | None:
+    """``<path>: <cause>`` for an entry of ``out`` a run must not replace, or None.
+
+    Args:
+        out: The output directory.
+        steps: The names of the steps this run writes (``OUT/<step>/``).
+        overwrite: Allow replacing a step-named directory that has no manifest.
+
+    Example:
+        >>> Path("out").mkdir()
+        >>> _ = Path("out/heads").write_text("my notes")
+        >>> misplaced(Path("out"), ["heads"])
+        "out/heads: a file where the heads step's directory goes; move it away or choose another --out"
+    """  # noqa: E501
+    hint = "move it away or choose another --out"
+    for name in steps:
+        path = out / name
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            kind = "a symbolic link" if path.is_symlink() else "a file"
+            return f"{path}: {kind} where the {name} step's directory goes; {hint}"
+        if path.is_dir() and not (path / "manifest.json").exists() and not overwrite:
+            return (
+                f"{path}: a directory mechprobe did not write (no manifest.json); {hint}, or give "
+                "--overwrite to replace it"
+            )
+    report = out / "index.html"
+    if report.is_symlink() or (report.exists() and not report.is_file()):
+        return f"{report}: not a plain file where the report goes; {hint}"
     return None

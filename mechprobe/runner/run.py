@@ -219,10 +219,12 @@ def run_steps(request: RunRequest, *, log: Callable[[str], None] = _log) -> RunO
 def _refuse_foreign(
     out: Path, request: RunRequest, requests: dict[str, Any], log: Callable[[str], None]
 ) -> None:
-    """Refuse an OUT holding another model's run unless ``request.overwrite`` (one line)."""
+    """Refuse wrong entries in OUT, and another model's run unless ``request.overwrite``."""
     from mechprobe.errors import MechprobeError
-    from mechprobe.runner.overwrite import foreign_run
+    from mechprobe.runner.overwrite import foreign_run, misplaced
 
+    if bad := misplaced(out, list(requests), overwrite=request.overwrite):
+        raise MechprobeError(bad)
     if (what := foreign_run(out, request.model, requests)) is None:
         return
     if not request.overwrite:
