@@ -9,12 +9,14 @@ swapped in only when complete, so the previous complete directory stays until th
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -246,7 +248,7 @@ def recover_directories(parent: str | os.PathLike[str]) -> list[str]:
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """The hex sha256 of a file, read in chunks.
+    """The hex sha256 of a file, read in chunks; a device (``/dev/zero``) is an ``OSError``.
 
     Example:
         >>> _ = Path("a.txt").write_text("abc")
@@ -255,6 +257,8 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     """
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
+        if stat.S_ISCHR(mode := os.fstat(fh.fileno()).st_mode) or stat.S_ISBLK(mode):
+            raise OSError(errno.EINVAL, "a device, not a file", str(path))  # /dev/zero: no end
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()

@@ -449,3 +449,106 @@ def test_a_full_or_closed_stdout_is_one_line(tmp_path):
     )
     assert_one_line_error(res.returncode, res.stderr, "<stdout>: closed; redirect it")
     assert not (tmp_path / "out").exists()
+
+
+# --- issue 20: bounds and clear messages for local inputs ---------------------------------------
+
+
+@pytest.mark.parametrize("option", ["--text", "--classes", "--labels"])
+def test_a_device_as_a_local_input_is_one_line(tmp_path, tiny_cli, shared_text, option):
+    from tests.helpers import run_cli
+
+    argv = ["probe", *TINY, "--out", str(tmp_path / "out"), option, "/dev/zero"]
+    if option == "--classes":
+        argv += ["--text", str(shared_text)]
+    code, _, err = run_cli(*argv)
+    assert_one_line_error(code, err, "/dev/zero: ", "a device, not a file")
+    assert "[load]" not in err
+
+
+def test_a_local_text_over_the_cap_is_one_line(tmp_path, tiny_cli):
+    from tests.helpers import run_cli
+
+    big = tmp_path / "big.txt"
+    big.write_text("It is not here, and it can be there. " * 60_000)  # 2.2 MB
+    argv = ("probe", *TINY, "--out", str(tmp_path / "out"), "--text", str(big))
+    code, _, err = run_cli(*argv, "--max-download-mb", "1")
+    assert_one_line_error(
+        code, err, f"{big}: the text file is larger than the 1 MiB cap on local inputs",
+        "--max-download-mb", "MECHPROBE_MAX_INPUT_MB",
+    )  # fmt: skip
+    assert "[load]" not in err
+
+
+def test_a_catastrophic_class_regex_is_refused_at_load_naming_the_class(
+    tmp_path, tiny_cli, shared_text
+):
+    from tests.helpers import run_cli
+
+    classes = tmp_path / "c.toml"
+    classes.write_text(
+        '[[class]]\nname = "plain"\nwords = ["is"]\n'
+        '[[class]]\nname = "greedy"\nregex = "(a|aa)+z"\n'
+    )
+    argv = ("probe", *TINY, "--out", str(tmp_path / "out"), "--text", str(shared_text))
+    code, _, err = run_cli(*argv, "--classes", str(classes), "--unit", "word")
+    assert_one_line_error(
+        code, err, f"{classes}: class 'greedy': the regex '(a|aa)+z' backtracks catastrophically"
+    )
+    assert "[load]" not in err
+
+
+def test_a_class_regex_that_runs_too_long_on_a_word_is_one_line(tmp_path, tiny_cli, monkeypatch):
+    import mechprobe.corpus.classes as classes_mod
+    from tests.helpers import run_cli
+
+    monkeypatch.setattr(classes_mod, "_check_backtracking", lambda *a: None)  # past the check
+    monkeypatch.setattr(classes_mod, "REGEX_TIMEOUT_S", 0.2)
+    classes = tmp_path / "c.toml"
+    classes.write_text(
+        '[[class]]\nname = "plain"\nwords = ["is"]\n'
+        '[[class]]\nname = "greedy"\nregex = "(a|aa)+z"\n'
+    )
+    text = tmp_path / "t.txt"
+    text.write_text(("It is here. " * 30 + "a" * 60 + " is. ") * 3)
+    argv = ("probe", *TINY, "--out", str(tmp_path / "out"), "--text", str(text))
+    code, _, err = run_cli(*argv, "--classes", str(classes), "--unit", "word", "--context-pre",
+                           "4", "--context-post", "2")  # fmt: skip
+    assert_one_line_error(code, err, "class 'greedy': the regex '(a|aa)+z' ran over 0.2 s")
+    assert not (tmp_path / "out" / "probe").exists()
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-8-sig", "utf-32"])
+def test_a_utf16_or_bom_text_is_decoded(tmp_path, shared_text, encoding):
+    from mechprobe.corpus.text import load_text
+
+    want = shared_text.read_text(encoding="utf-8")
+    path = tmp_path / "t.txt"
+    path.write_bytes(want.encode(encoding))
+    assert load_text(str(path)).text == want
+
+
+def test_a_binary_text_is_named(tmp_path, tiny_cli):
+    from tests.helpers import run_cli
+
+    blob = tmp_path / "weights.bin"
+    blob.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 40)
+    code, _, err = run_cli("negation", *TINY, "--out", str(tmp_path / "out"), "--text", str(blob))
+    assert_one_line_error(code, err, f"{blob}: the text file is binary (a NUL byte at offset 4)")
+
+
+def test_jsonl_labels_with_u2028_inside_a_string_are_accepted(tmp_path):
+    from mechprobe.corpus.labels import load_labels
+
+    path = tmp_path / "l.jsonl"
+    text = "It is here.\u2028It is not there."
+    lines = [
+        json.dumps({"text": text, "char": 3, "label": "a"}, ensure_ascii=False),
+        json.dumps({"text": text, "char": 15, "label": "b"}, ensure_ascii=False),
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    records = load_labels(path)
+    assert [(r.line, r.text, r.char, r.label) for r in records] == [
+        (1, text, 3, "a"),
+        (2, text, 15, "b"),
+    ]

@@ -120,7 +120,10 @@ def parse_labels(lines: Iterable[str], source: str = "<labels>") -> list[LabelRe
 
 
 def load_labels(path: str | Path) -> list[LabelRecord]:
-    r"""Read a JSONL file of labelled positions (UTF-8, a BOM is allowed).
+    r"""Read a JSONL file of labelled positions (UTF-8, a BOM is allowed; or UTF-16).
+
+    Lines end at ``"\n"`` (a ``"\r"`` before it is JSON whitespace): a U+2028 inside a string
+    is part of the string. The file is capped like every local input (`mechprobe.corpus.local`).
 
     Example:
         >>> _ = Path("l.jsonl").write_text('{"text": "It is", "token": 1, "label": "a"}\n'
@@ -128,11 +131,11 @@ def load_labels(path: str | Path) -> list[LabelRecord]:
         >>> [(r.line, r.token, r.char, r.label) for r in load_labels("l.jsonl")]
         [(1, 1, None, 'a'), (2, None, 0, 'b')]
     """
-    try:
-        raw = Path(path).read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MechprobeError(f"cannot read labels file {str(path)!r}: {exc}") from None
-    return parse_labels(raw.splitlines(), str(path))
+    from mechprobe.corpus.local import decode_text, read_local
+
+    raw = decode_text(read_local(path, "labels file"), str(path), "labels file")
+    # JSONL lines end at "\n" only: U+2028 and the like are valid inside a JSON string
+    return parse_labels(raw.split("\n"), str(path))
 
 
 def label_names(records: Sequence[LabelRecord]) -> tuple[str, ...]:
