@@ -6,6 +6,7 @@ bad-server cases live in tests/test_cache.py and tests/test_download.py (marker 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -330,7 +331,7 @@ def assert_one_io_failure(code, err, *fragments):
         assert f in lines[-1], (f, lines[-1])
 
 
-def bare_mechprobe(*argv, cwd, env=None, **kwargs):
+def bare_mechprobe(*argv, cwd, env=None, timeout=300, **kwargs):
     """`python -m mechprobe` in ``cwd`` with ``env`` replacing variables (None: removed)."""
     full = {**os.environ, "MECHPROBE_NO_PNG": "1", "HF_HUB_OFFLINE": "1"}
     full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
@@ -341,7 +342,7 @@ def bare_mechprobe(*argv, cwd, env=None, **kwargs):
             full[key] = value
     return subprocess.run(
         [sys.executable, "-m", "mechprobe", *argv], capture_output="stdout" not in kwargs,
-        text=True, timeout=300, cwd=cwd, env=full, **kwargs,
+        text=True, timeout=timeout, cwd=cwd, env=full, **kwargs,
     )  # fmt: skip
 
 
@@ -552,3 +553,64 @@ def test_jsonl_labels_with_u2028_inside_a_string_are_accepted(tmp_path):
         (1, text, 3, "a"),
         (2, text, 15, "b"),
     ]
+
+
+# --- issue 20: deadlines for a Dask cluster -----------------------------------------------------
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP server that accepts connections and never answers; yields its tcp:// address."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held = []
+
+    def accept():
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    for conn in held:
+        conn.close()
+
+
+def store_run(tmp_path, shared_text, scheduler, env):
+    argv = ("negation", *TINY, "--text", str(shared_text), "--max-samples", "10",
+            "--out", str(tmp_path / "out"), "--store", str(tmp_path / "s.zarr"),
+            "--scheduler", scheduler)  # fmt: skip
+    return bare_mechprobe(*argv, cwd=tmp_path, env=env, timeout=120)
+
+
+def test_a_scheduler_that_never_answers_is_one_line_with_a_hint(
+    tmp_path, shared_text, silent_server
+):
+    pytest.importorskip("zarr")
+    pytest.importorskip("distributed")
+    res = store_run(tmp_path, shared_text, silent_server, {"MECHPROBE_DASK_CONNECT_S": "2"})
+    assert_one_line_error(
+        res.returncode, res.stderr,
+        f"{silent_server}: the Dask scheduler did not answer within 2 s", "dask scheduler --port",
+    )  # fmt: skip
+    assert not (tmp_path / "out" / "negation").exists()
+
+
+def test_a_cluster_without_workers_is_one_line_with_a_hint(tmp_path, shared_text):
+    pytest.importorskip("zarr")
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=0, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None
+    ) as cluster:
+        address = cluster.scheduler_address
+        res = store_run(tmp_path, shared_text, address, {"MECHPROBE_DASK_WORKER_WAIT_S": "3"})
+    assert_one_line_error(
+        res.returncode, res.stderr,
+        f"{address}: no Dask worker joined the scheduler within 3 s", f"dask worker {address}",
+    )  # fmt: skip
+    assert not (tmp_path / "out" / "negation").exists()
