@@ -614,3 +614,46 @@ def test_a_cluster_without_workers_is_one_line_with_a_hint(tmp_path, shared_text
         f"{address}: no Dask worker joined the scheduler within 3 s", f"dask worker {address}",
     )  # fmt: skip
     assert not (tmp_path / "out" / "negation").exists()
+
+
+# --- issue 20: library inputs -------------------------------------------------------------------
+
+
+def test_fit_logistic_names_string_labels_non_finite_and_overflowing_units():
+    from mechprobe.stats import fit_logistic
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    x = rng.normal(size=(200, 4)) + y[:, None]
+    with pytest.raises(MechprobeError, match=r"y must be 0/1 numbers or booleans, got dtype <U"):
+        fit_logistic(x, np.where(y == 1, "negation", "affirmation"))
+    bad = x.copy()
+    bad[7, 2] = np.inf
+    with pytest.raises(
+        MechprobeError, match=r"NaN or infinite values in 1 unit\(s\), e.g. units \[2\]"
+    ):
+        fit_logistic(bad, y)
+    huge = x.copy()
+    huge[:, 1] *= 1e200
+    with pytest.raises(MechprobeError, match=r"1 unit\(s\) overflow float64 .* units \[1\]"):
+        fit_logistic(huge, y)
+    ok = fit_logistic(x, y)  # the same data, at a sane scale, fits
+    assert np.isfinite(ok.beta).all()
+
+
+def test_labels_whose_every_sample_of_a_label_is_outside_the_context_are_one_line(
+    tmp_path, tiny_cli
+):
+    from tests.helpers import run_cli
+
+    text = "It is a long day and we will not go out because it is raining hard over the hills."
+    lines = [{"text": f"{text} {i}", "token": 12, "label": "a"} for i in range(20)]
+    lines += [{"text": f"{text} {i}", "token": 0, "label": "b"} for i in range(20)]
+    labels = tmp_path / "l.jsonl"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    code, _, err = run_cli("probe", *TINY, "--out", str(tmp_path / "out"), "--labels",
+                           str(labels), "--context-pre", "4", "--context-post", "2")  # fmt: skip
+    assert_one_line_error(
+        code, err, f"{labels}: no sample left of label 'b' (all 20): each has fewer than 4 tokens"
+    )
+    assert not (tmp_path / "out" / "probe").exists()

@@ -202,6 +202,26 @@ def _char_to_token(tokenizer: Any, text: str, ids: list[int], where: str) -> np.
     return owner
 
 
+def _check_every_label_kept(
+    names: Sequence[str],
+    kept: Sequence[tuple[int, int, int, int]],
+    n_dropped: dict[str, int],
+    source: str,
+    pre: int,
+    post: int,
+) -> None:
+    """Refuse samples in which a label has no sample left (every one outside the context)."""
+    have = {k[2] for k in kept}
+    lost = [name for k, name in enumerate(names) if k not in have]
+    if lost:
+        what = ", ".join(f"{name!r} (all {n_dropped[name]})" for name in lost)
+        raise MechprobeError(
+            f"{source}: no sample left of label {what}: each has fewer than {pre} tokens "
+            f"before it or {post} after it in its text; lower --context-pre/--context-post "
+            "or label positions further inside the texts"
+        )
+
+
 def label_samples(
     tokenizer: Any,
     records: Sequence[LabelRecord],
@@ -219,8 +239,8 @@ def label_samples(
 
     Raises:
         MechprobeError: ``pre`` or ``post`` negative, a token index past its text, a character
-            past the last token, two lines on the same token of a text (both lines named), or no
-            sample left.
+            past the last token, two lines on the same token of a text (both lines named), no
+            sample left, or none left of some label.
 
     Example:
         >>> recs = [LabelRecord(1, "It is not.", "neg", char=6),
@@ -270,6 +290,7 @@ def label_samples(
             f"{source}: no sample left: all {len(records)} have fewer than {pre} tokens "
             f"before them or {post} after them in their text"
         )
+    _check_every_label_kept(names, kept, n_dropped, source, pre, post)
     kept.sort()
     doc = np.array([k[0] for k in kept], dtype=np.int64)
     pos = np.array([k[1] for k in kept], dtype=np.int64)
