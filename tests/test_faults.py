@@ -657,3 +657,47 @@ def test_labels_whose_every_sample_of_a_label_is_outside_the_context_are_one_lin
         code, err, f"{labels}: no sample left of label 'b' (all 20): each has fewer than 4 tokens"
     )
     assert not (tmp_path / "out" / "probe").exists()
+
+
+# --- issue 20: a reused activation store is verified --------------------------------------------
+
+
+def damage_store(url, how):
+    """Change values in, delete or truncate one chunk file of the store's block 0."""
+    acts = sorted(p for p in (url / "acts").rglob("*") if p.is_file() and "c" in p.parts)
+    score = sorted(p for p in (url / "score").rglob("*") if p.is_file() and "c" in p.parts)
+    assert acts and score, sorted(url.rglob("*"))
+    if how == "values changed":
+        data = bytearray(acts[0].read_bytes())
+        data[64:72] = np.array([1.5, -2.5], dtype=np.float32).tobytes()
+        acts[0].write_bytes(bytes(data))
+    elif how == "chunk deleted":
+        score[-1].unlink()
+    else:
+        acts[-1].write_bytes(acts[-1].read_bytes()[:100])
+
+
+@pytest.mark.parametrize("how", ["values changed", "chunk deleted", "chunk truncated"])
+def test_a_damaged_store_block_is_collected_again_and_equals_a_clean_run(
+    tmp_path, tiny_cli, shared_text, how
+):
+    pytest.importorskip("zarr")
+    from tests.helpers import run_cli
+
+    url = tmp_path / "s.zarr"
+    argv = ("negation", *TINY, "--text", str(shared_text), "--max-samples", "10",
+            "--store", str(url))  # fmt: skip
+    code, _, err = run_cli(*argv, "--out", str(tmp_path / "clean"))
+    assert code == 0, err
+    want = step_arrays(tmp_path / "clean", "negation")
+    damage_store(url, how)
+    code, _, err = run_cli(*argv, "--out", str(tmp_path / "again"))
+    assert code == 0, err
+    assert f"[store] {url}: 1 of 1 blocks damaged or missing" in err, err
+    assert "collecting them again" in err
+    got = step_arrays(tmp_path / "again", "negation")
+    assert sorted(got) == sorted(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    code, _, err = run_cli(*argv, "--out", str(tmp_path / "third"))  # now whole: reused as is
+    assert code == 0 and "blocks damaged" not in err, err
