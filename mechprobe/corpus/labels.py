@@ -131,9 +131,10 @@ def load_labels(path: str | Path) -> list[LabelRecord]:
         >>> [(r.line, r.token, r.char, r.label) for r in load_labels("l.jsonl")]
         [(1, 1, None, 'a'), (2, None, 0, 'b')]
     """
-    from mechprobe.corpus.local import decode_text, read_local
+    from mechprobe.corpus.local import LABELS_MAX_BYTES, decode_text, read_local
 
-    raw = decode_text(read_local(path, "labels file"), str(path), "labels file")
+    data = read_local(path, "labels file", LABELS_MAX_BYTES)
+    raw = decode_text(data, str(path), "labels file")
     # JSONL lines end at "\n" only: U+2028 and the like are valid inside a JSON string
     return parse_labels(raw.split("\n"), str(path))
 

@@ -1,11 +1,11 @@
 """Local input files (texts, class files, labels, sentences): bounded, and decoded or named.
 
 Every local input is read through `read_local`, with a size cap like the download cap (32 MiB
-by default; ``--max-download-mb`` where a command has it, or ``$MECHPROBE_MAX_INPUT_MB`` for
-every local input): a file over it, or a device such as ``/dev/zero``, is refused in one line
-before it can fill the memory. `decode_text` decodes UTF-8 (a BOM is dropped), UTF-16 and
-UTF-32 (with a BOM, or UTF-16 recognised by its zero bytes) and names binary content instead of
-letting it through as garbage.
+by default, 256 MiB for a JSONL labels file; ``--max-download-mb`` where a command has it, or
+``$MECHPROBE_MAX_INPUT_MB`` for every local input): a file over it, or a device such as
+``/dev/zero``, is refused in one line before it can fill the memory. `decode_text` decodes
+UTF-8 (a BOM is dropped), UTF-16 and UTF-32 (with a BOM, or UTF-16 recognised by its zero
+bytes) and names binary content instead of letting it through as garbage.
 
 Example:
     >>> _ = Path("u16.txt").write_bytes("It is not here.".encode("utf-16"))
@@ -23,10 +23,12 @@ from pathlib import Path
 from mechprobe.corpus.download import DEFAULT_MAX_BYTES
 from mechprobe.errors import MechprobeError
 
-__all__ = ["MAX_INPUT_ENV", "decode_text", "input_cap", "read_local"]
+__all__ = ["LABELS_MAX_BYTES", "MAX_INPUT_ENV", "decode_text", "input_cap", "read_local"]
 
-#: Environment variable raising (or lowering) the cap on local input files, in MB.
+#: Environment variable raising the cap on local input files, in MB.
 MAX_INPUT_ENV = "MECHPROBE_MAX_INPUT_MB"
+#: The cap on a labels file: JSONL repeats each record's text, so it is larger than a text.
+LABELS_MAX_BYTES = 256 * 1024 * 1024
 _BOMS = (
     (codecs.BOM_UTF32_LE, "utf-32"),
     (codecs.BOM_UTF32_BE, "utf-32"),
