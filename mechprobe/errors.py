@@ -38,3 +38,12 @@ class ConfigError(MechprobeError):
     def __init__(self, problems: Iterable[tuple[str, str]]) -> None:
         self.problems = list(problems)
         super().__init__("; ".join(f"{name}: {msg}" for name, msg in self.problems))
+
+
+class BadInputError(MechprobeError, ValueError):
+    """Bad values given to a library function (a `MechprobeError`, and a ``ValueError`` too).
+
+    Example:
+        >>> isinstance(BadInputError("labels must be 0/1"), ValueError)
+        True
+    """

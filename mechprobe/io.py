@@ -9,10 +9,14 @@ swapped in only when complete, so the previous complete directory stays until th
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -48,6 +52,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     Yields:
         A temporary path in the same directory; write the file there.
 
+    Raises:
+        OSError: The write failed; its ``filename`` is ``path`` when the error named none.
+
     Example:
         >>> with atomic_path("out/result.txt") as tmp:
         ...     _ = tmp.write_text("done")
@@ -66,6 +73,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual mode
         os.replace(tmp, dest)
+    except OSError as exc:  # a failed write (disk full, size limit) names the file it was for
+        if exc.filename is None:
+            exc.filename = str(dest)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -122,8 +133,48 @@ def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, Any]) -> Path:
     return Path(path)
 
 
-#: Name parts of the temporary siblings `atomic_directory` creates.
-TMP_MARK, OLD_MARK = ".tmp-", ".old-"
+#: Name prefix of the directories `atomic_directory` makes: ``.mechprobe-<kind>-<step>-<token>``.
+OWNED_PREFIX = ".mechprobe-"
+#: The marker file inside each of them; clean-up touches nothing without it.
+OWNED_MARKER = ".mechprobe-owned"
+_OWNED = re.compile(r"^\.mechprobe-(?P<kind>tmp|old)-(?P<step>.+)-(?P<token>[0-9a-f]{12})$")
+
+
+def _owned_dir(parent: Path, kind: str, step: str) -> Path:
+    """Create ``parent/.mechprobe-<kind>-<step>-<token>/`` holding the marker file."""
+    while True:
+        path = parent / f"{OWNED_PREFIX}{kind}-{step}-{secrets.token_hex(6)}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        (path / OWNED_MARKER).write_text(f"{kind} {step}\n", encoding="utf-8")
+        return path
+
+
+def owned(entry: Path) -> tuple[str, str] | None:
+    """``(kind, step)`` when ``entry`` is a directory `atomic_directory` made, else None.
+
+    It must carry the name (prefix, kind, step, random token), be a real directory (not a link)
+    and hold the marker file naming the same kind and step: a user's directory never qualifies.
+
+    Example:
+        >>> Path("out/.thesis.tmp-final").mkdir(parents=True)
+        >>> owned(Path("out/.thesis.tmp-final")) is None
+        True
+    """
+    match = _OWNED.match(entry.name)
+    if match is None or entry.is_symlink() or not entry.is_dir():
+        return None
+    marker = entry / OWNED_MARKER
+    try:
+        if marker.is_symlink() or not marker.is_file() or marker.stat().st_size > 256:
+            return None
+        text = marker.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    kind, step = match["kind"], match["step"]
+    return (kind, step) if text == f"{kind} {step}" else None
 
 
 @contextlib.contextmanager
@@ -131,10 +182,12 @@ def atomic_directory(path: str | os.PathLike[str], *, name: str = "") -> Iterato
     """Build a directory in a temporary sibling; swap it in for ``path`` only on success.
 
     The previous ``path`` (if any) stays complete and untouched until the new one is whole: it
-    is then renamed aside, the new one renamed into place, and the old one removed. On an error
-    (or an interrupt) the temporary directory is removed and ``path`` is unchanged. A process
-    killed between the two renames leaves the old directory aside as ``.<name>.old-*``, which
-    `recover_directories` puts back.
+    is then moved aside, the new one moved into place, and the old one removed. On an error
+    (or an interrupt) the temporary directory is removed and ``path`` is unchanged. The
+    temporary and set-aside directories are ``.mechprobe-tmp-<name>-<token>/`` and
+    ``.mechprobe-old-<name>-<token>/``, each holding a marker file and the content in a
+    subdirectory named like ``path``; a process killed between the two moves leaves the old
+    directory aside, which `recover_directories` puts back. Nothing else is ever touched.
 
     Args:
         path: The directory to write.
@@ -149,61 +202,61 @@ def atomic_directory(path: str | os.PathLike[str], *, name: str = "") -> Iterato
     dest = Path(path)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
+        box = _owned_dir(dest.parent, "tmp", dest.name)
     except OSError as exc:
         raise MechprobeError(f"cannot create output directory {dest.parent}: {exc}") from exc
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}{TMP_MARK}", dir=dest.parent))
+    tmp = box / dest.name
     try:
+        tmp.mkdir()
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; use the usual mode
         failpoint(f"{name}:written")
         old = None
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}{OLD_MARK}", dir=dest.parent))
-            os.replace(dest, old)
+        if dest.exists() or dest.is_symlink():
+            old = _owned_dir(dest.parent, "old", dest.name)
+            os.replace(dest, old / dest.name)
             failpoint(f"{name}:swapping")
         os.replace(tmp, dest)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(box, ignore_errors=True)
 
 
 def recover_directories(parent: str | os.PathLike[str]) -> list[str]:
     """Clean up after killed `atomic_directory` calls in ``parent``; return what was done.
 
-    Temporary builds (``.<name>.tmp-*``) are removed; a set-aside old directory
-    (``.<name>.old-*``) is put back when ``<name>`` is missing, else removed. Call it only
-    while no other process writes into ``parent`` (under the output directory's lock).
+    Only directories `owned` says `atomic_directory` made are touched: a temporary build is
+    removed; a set-aside old directory is put back when its destination is missing, else
+    removed. Call it only while no other process writes into ``parent`` (under the output
+    directory's lock).
 
     Example:
-        >>> Path("out/.step.tmp-x").mkdir(parents=True)
-        >>> recover_directories("out")
-        ['removed out/.step.tmp-x']
+        >>> Path("out/.thesis.tmp-final").mkdir(parents=True)
+        >>> box = _owned_dir(Path("out"), "tmp", "step")
+        >>> recover_directories("out") == [f"removed {box}"], Path("out/.thesis.tmp-final").is_dir()
+        (True, True)
     """
     done: list[str] = []
     root = Path(parent)
     if not root.is_dir():
         return done
     for entry in sorted(root.iterdir()):
-        name = entry.name
-        if not (name.startswith(".") and entry.is_dir()):
+        mine = owned(entry)
+        if mine is None:
             continue
-        if TMP_MARK in name:
-            shutil.rmtree(entry, ignore_errors=True)
+        kind, step = mine
+        dest, kept = root / step, entry / step
+        if kind == "old" and kept.is_dir() and not (dest.exists() or dest.is_symlink()):
+            os.replace(kept, dest)
+            done.append(f"restored {dest}")
+        else:
             done.append(f"removed {entry}")
-        elif OLD_MARK in name:
-            dest = root / name[1 : name.index(OLD_MARK)]
-            if dest.exists():
-                shutil.rmtree(entry, ignore_errors=True)
-                done.append(f"removed {entry}")
-            else:
-                os.replace(entry, dest)
-                done.append(f"restored {dest}")
+        shutil.rmtree(entry, ignore_errors=True)
     return done
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """The hex sha256 of a file, read in chunks.
+    """The hex sha256 of a file, read in chunks; a device (``/dev/zero``) is an ``OSError``.
 
     Example:
         >>> _ = Path("a.txt").write_text("abc")
@@ -212,6 +265,8 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     """
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
+        if stat.S_ISCHR(mode := os.fstat(fh.fileno()).st_mode) or stat.S_ISBLK(mode):
+            raise OSError(errno.EINVAL, "a device, not a file", str(path))  # /dev/zero: no end
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()

@@ -127,7 +127,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, when):
     assert proc.returncode == 130, first + err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "mechprobe: interrupted"
     assert not (tmp_path / "similarity").exists()
-    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mechprobe-tmp")]
 
 
 @pytest.mark.unit

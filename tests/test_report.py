@@ -41,7 +41,12 @@ def test_report_of_two_models_says_so(tmp_path, tiny_cli):
     data = json.loads(manifest.read_text())
     data["model"] = {**data["model"], "model": "other-model"}
     manifest.write_text(json.dumps(data))
-    assert run_cli("crosscheck", "--model", "tiny-gpt2", "--out", str(tmp_path))[0] == 0
+    # another model's results in OUT: refused unless --overwrite, and then the report says so
+    assert run_cli("crosscheck", "--model", "tiny-gpt2", "--out", str(tmp_path))[0] == 2
+    code, _, err = run_cli(
+        "crosscheck", "--model", "tiny-gpt2", "--out", str(tmp_path), "--overwrite"
+    )
+    assert code == 0, err
     text = (tmp_path / "index.html").read_text()
     assert "holds results of 2 models (other-model, tiny-gpt2)" in text
 
@@ -63,7 +68,7 @@ def test_all_writes_every_experiment_and_resume_reuses(full_run, shared_text):
         assert (out / step / "manifest.json").is_file(), step
         assert (out / step / "figures" / "index.json").is_file(), step
         assert step in stdout
-    assert not [p for p in out.rglob("*") if ".tmp-" in p.name or ".old-" in p.name]
+    assert not [p for p in out.rglob("*") if p.name.startswith(".mechprobe-")]
     before = (out / "heads" / "manifest.json").read_bytes()
     code, _, err = run_cli(
         "all", "--model", "tiny-gpt2", "--out", str(out), "--text", str(shared_text),

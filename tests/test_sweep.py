@@ -8,6 +8,7 @@ import pytest
 
 from mechprobe.experiments import default_steps, registry
 from mechprobe.report.markdown import verdicts_in_markdown
+from mechprobe.runner.sweep import model_dir
 from tests.helpers import REPO, assert_one_line_error, render, run_cli
 
 
@@ -24,11 +25,16 @@ def test_sweep_runs_each_model_and_skips_what_cannot_load(
     assert "[skip] gpt2: gpt2 needs the HuggingFace hub" in err
     assert "tiny-gpt2        ran (0 of 3 steps reused)" in out
     for step in ("crosscheck", "heads", "similarity"):
-        manifest = json.loads((tmp_path / "tiny-gpt2" / step / "manifest.json").read_text())
+        manifest = json.loads(
+            (model_dir(tmp_path, "tiny-gpt2") / step / "manifest.json").read_text()
+        )
         assert manifest["model"]["model"] == "tiny-gpt2"
-    assert (tmp_path / "tiny-gpt2" / "index.html").is_file()
+    assert (model_dir(tmp_path, "tiny-gpt2") / "index.html").is_file()
     page = (tmp_path / "index.html").read_text()
-    assert "gpt2</b>: skipped" in page and "href='tiny-gpt2/index.html'" in page
+    assert (
+        "gpt2</b>: skipped" in page
+        and f"href='{model_dir(tmp_path, 'tiny-gpt2').name}/index.html'" in page
+    )
     assert page.count("class='mp-figure'") == 2  # heads and similarity curves
     code, out, err = run_cli(
         "sweep", "--models", "tiny-gpt2", "--experiments", "heads", "--out", str(tmp_path),
@@ -49,7 +55,7 @@ def test_sweep_checks_every_model_before_running(tmp_path, tiny_cli):
     missing = str(tmp_path / "my-model")
     code, _, err = run_cli("sweep", "--models", f"tiny-gpt2,{missing}", "--out", str(tmp_path))
     assert_one_line_error(code, err, f"--models: {missing}: no such directory")
-    assert not (tmp_path / "tiny-gpt2").exists()  # refused before anything ran
+    assert not model_dir(tmp_path, "tiny-gpt2").exists()  # refused before anything ran
 
 
 @pytest.mark.unit
@@ -80,7 +86,7 @@ def test_offline_sweep_page_renders_every_figure(offline_sweep, tmp_path):
     assert "smollm2-135m" in stdout and "gemma3-270m" in stdout
     for model in ("smollm2-135m", "gemma3-270m"):
         for step in default_steps():
-            assert (out / model / step / "manifest.json").is_file(), (model, step)
+            assert (model_dir(out, model) / step / "manifest.json").is_file(), (model, step)
     res = render(out / "index.html", tmp_path / "profile")
     assert res.returncode == 0, res.stderr[-2000:]
     dom = res.stdout
@@ -103,5 +109,8 @@ def test_readme_findings_agree_with_the_runs(offline_sweep):
         spec = registry()[name]
         if spec.finding is None:
             continue
-        got = [json.loads((out / m / name / "finding.json").read_text())["verdict"] for m in models]
+        got = [
+            json.loads((model_dir(out, m) / name / "finding.json").read_text())["verdict"]
+            for m in models
+        ]
         assert in_readme[spec.title] == got, (name, in_readme.get(spec.title), got)

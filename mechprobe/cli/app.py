@@ -142,6 +142,7 @@ def run_experiment(spec: Experiment, args: Any, argv: Sequence[str]) -> int:
         placement=placement,
         png=False if args.no_png else None,
         command=shlex.join(["mechprobe", *argv]),
+        overwrite=args.overwrite,
     )
     try:
         outcome = run_steps(request)
@@ -214,6 +215,7 @@ def run_sweep(args: Any, argv: Sequence[str]) -> int:
         placement=placement,
         png=False if args.no_png else None,
         command=shlex.join(["mechprobe", *argv]),
+        overwrite=args.overwrite,
     )
     for row in describe_outcome(outcome):
         extra = (
@@ -262,6 +264,7 @@ def run_all(args: Any, argv: Sequence[str]) -> int:
         placement=placement,
         png=False if args.no_png else None,
         command=shlex.join(["mechprobe", *argv]),
+        overwrite=args.overwrite,
     )
     outcome = run_steps(request)
     failed = []

@@ -7,17 +7,26 @@ work itself -- runs inside `main`'s handlers, so a user error is always the sing
 ends the process at once: see `_on_interrupt`) and the interpreter's exit: a Ctrl-C while
 libraries clean up ends the process at once with the same line and status. Results are written
 atomically, so an interruption never leaves a half-written result.
+
+An environmental fault (``OSError``: a disk full, a file-size limit, a file where a directory
+goes, a permission, a full stdout) is one line ``mechprobe: error: <path>: <cause>`` too: exit
+1 for a failed write or read (`IO_FAILURES`), exit 2 otherwise (`os_error_line`). A stdout
+closed at start is refused in one line (exit 2); one closed by its reader (``| head``) ends the
+command quietly.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 INTERRUPTED = "mechprobe: interrupted\n"
+STDOUT_CLOSED = "mechprobe: error: <stdout>: closed; redirect it to a file or /dev/null"
 
 
 def _interrupted_exit(signum: int, frame: object) -> None:
@@ -67,11 +76,68 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(exc).split())  # always one line
         sys.stderr.write(f"mechprobe: error: {message}\n")
         return 2
+    except BrokenPipeError:
+        raise  # stdout closed by a reader (`| head`): `entry` ends quietly
+    except OSError as exc:
+        line, code = os_error_line(exc)
+        sys.stderr.write(line + "\n")
+        return code
     except Exception as exc:
         if not _from_interrupt(exc):
             raise
         sys.stderr.write(INTERRUPTED)
         return 130
+
+
+#: errno values of a failed write or read (exit 1): the disk, a quota or a size limit.
+IO_FAILURES = frozenset(
+    getattr(errno, n) for n in ("ENOSPC", "EFBIG", "EDQUOT", "EIO") if hasattr(errno, n)
+)
+
+
+def os_error_line(exc: OSError) -> tuple[str, int]:
+    """The one line and exit status for an environmental fault (``OSError``).
+
+    A failed write or read (disk full, file-size limit, quota, I/O error) is exit 1, and the
+    results already written stay as they are (every result is swapped in whole); any other
+    fault (a file or directory of the wrong type, a permission) is exit 2, like bad input.
+
+    Example:
+        >>> os_error_line(OSError(errno.ENOSPC, "No space left on device", "out/a.npz"))
+        ('mechprobe: error: out/a.npz: No space left on device (I/O failure; results written before are kept)', 1)
+        >>> os_error_line(IsADirectoryError(errno.EISDIR, "Is a directory", "out/index.html"))
+        ('mechprobe: error: out/index.html: Is a directory', 2)
+    """  # noqa: E501
+    where = exc.filename
+    cause = " ".join(str(exc.strerror or exc).split())
+    line = f"mechprobe: error: {cause}" if where is None else f"mechprobe: error: {where}: {cause}"
+    if exc.errno in IO_FAILURES:
+        return f"{line} (I/O failure; results written before are kept)", 1
+    return line, 2
+
+
+class _NamedStream:
+    """A text stream whose write errors name it (``<stdout>``): one line says what failed."""
+
+    def __init__(self, stream: Any, name: str) -> None:
+        self._stream, self._name = stream, name
+
+    def write(self, text: str) -> int:
+        return self._call(self._stream.write, text)
+
+    def flush(self) -> None:
+        self._call(self._stream.flush)
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except OSError as exc:
+            if exc.filename is None:
+                exc.filename = self._name
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _from_interrupt(exc: BaseException) -> bool:
@@ -100,6 +166,10 @@ def _from_interrupt(exc: BaseException) -> bool:
 def entry() -> None:
     """The console script: `main`, then an exit that a Ctrl-C cannot turn into a traceback."""
     signal.signal(signal.SIGINT, _on_interrupt)
+    if sys.stdout is None:  # started with stdout closed (`mechprobe ... >&-`)
+        sys.stderr.write(f"{STDOUT_CLOSED}\n")
+        raise SystemExit(2)
+    sys.stdout = _NamedStream(sys.stdout, "<stdout>")  # type: ignore[assignment]
     try:
         code = main()
         sys.stdout.flush()
@@ -109,6 +179,11 @@ def entry() -> None:
     except BrokenPipeError:  # e.g. `mechprobe models | head -1`
         code = 0
         os._exit(code)
+    except OSError as exc:  # stdout full (`> /dev/full`): its buffer cannot be written
+        line, code = os_error_line(exc)
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+        os._exit(code)  # skip the interpreter's own flush of the same buffer
     if code == 130:
         # A KeyboardInterrupt that once escaped C-level code run during an import (a library
         # running Python through the C API) leaves CPython's "unhandled keyboard interrupt"

@@ -77,6 +77,12 @@ def common_options(model: bool = True) -> OneLineParser:
         help="reuse a step whose earlier result matches this request exactly (model, weights, "
         "settings, inputs, versions); rerun the others and say why",
     )
+    common.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace what OUT holds of another model (or, for probe, of another class file); "
+        "without it such an OUT is refused",
+    )
     common.add_argument("--no-png", action="store_true", help="skip PNG export (HTML figures only)")
     return common
 
@@ -128,9 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep",
         parents=[common_options(model=False)],
         help="run the experiments on several models; one comparative page OUT/index.html",
-        description="Run every experiment (or --experiments) on each model into OUT/<model>/, one "
-        "model in memory at a time, then write a comparative page. Models that cannot be loaded "
-        "here (hub models offline) are listed as skipped.",
+        description="Run every experiment (or --experiments) on each model into "
+        "OUT/<model>-<hash>/, one model in memory at a time, then write a comparative page. "
+        "Models that cannot be loaded here (hub models offline) are listed as skipped.",
     )
     p.add_argument(
         "--models",

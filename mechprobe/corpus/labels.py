@@ -123,7 +123,10 @@ def parse_labels(lines: Iterable[str], source: str = "<labels>") -> list[LabelRe
 
 
 def load_labels(path: str | Path) -> list[LabelRecord]:
-    r"""Read a JSONL file of labelled positions (UTF-8, a BOM is allowed).
+    r"""Read a JSONL file of labelled positions (UTF-8, a BOM is allowed; or UTF-16).
+
+    Lines end at ``"\n"`` (a ``"\r"`` before it is JSON whitespace): a U+2028 inside a string
+    is part of the string. The file is capped like every local input (`mechprobe.corpus.local`).
 
     Example:
         >>> _ = Path("l.jsonl").write_text('{"text": "It is", "token": 1, "label": "a"}\n'
@@ -131,11 +134,12 @@ def load_labels(path: str | Path) -> list[LabelRecord]:
         >>> [(r.line, r.token, r.char, r.label) for r in load_labels("l.jsonl")]
         [(1, 1, None, 'a'), (2, None, 0, 'b')]
     """
-    try:
-        raw = Path(path).read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MechprobeError(f"cannot read labels file {str(path)!r}: {exc}") from None
-    return parse_labels(raw.splitlines(), str(path))
+    from mechprobe.corpus.local import LABELS_MAX_BYTES, decode_text, read_local
+
+    data = read_local(path, "labels file", LABELS_MAX_BYTES)
+    raw = decode_text(data, str(path), "labels file")
+    # JSONL lines end at "\n" only: U+2028 and the like are valid inside a JSON string
+    return parse_labels(raw.split("\n"), str(path))
 
 
 def label_names(records: Sequence[LabelRecord]) -> tuple[str, ...]:
@@ -202,6 +206,26 @@ def _char_to_token(tokenizer: Tokenizer, text: str, ids: list[int], where: str) 
     return owner
 
 
+def _check_every_label_kept(
+    names: Sequence[str],
+    kept: Sequence[tuple[int, int, int, int]],
+    n_dropped: dict[str, int],
+    source: str,
+    pre: int,
+    post: int,
+) -> None:
+    """Refuse samples in which a label has no sample left (every one outside the context)."""
+    have = {k[2] for k in kept}
+    lost = [name for k, name in enumerate(names) if k not in have]
+    if lost:
+        what = ", ".join(f"{name!r} (all {n_dropped[name]})" for name in lost)
+        raise MechprobeError(
+            f"{source}: no sample left of label {what}: each has fewer than {pre} tokens "
+            f"before it or {post} after it in its text; lower --context-pre/--context-post "
+            "or label positions further inside the texts"
+        )
+
+
 def label_samples(
     tokenizer: Tokenizer,
     records: Sequence[LabelRecord],
@@ -219,8 +243,8 @@ def label_samples(
 
     Raises:
         MechprobeError: ``pre`` or ``post`` negative, a token index past its text, a character
-            past the last token, two lines on the same token of a text (both lines named), or no
-            sample left.
+            past the last token, two lines on the same token of a text (both lines named), no
+            sample left, or none left of some label.
 
     Example:
         >>> recs = [LabelRecord(1, "It is not.", "neg", char=6),
@@ -270,6 +294,7 @@ def label_samples(
             f"{source}: no sample left: all {len(records)} have fewer than {pre} tokens "
             f"before them or {post} after them in their text"
         )
+    _check_every_label_kept(names, kept, n_dropped, source, pre, post)
     kept.sort()
     doc = np.array([k[0] for k in kept], dtype=np.int64)
     pos = np.array([k[1] for k in kept], dtype=np.int64)

@@ -65,10 +65,9 @@ def read_sentences(path: str | Path) -> list[str]:
         >>> read_sentences("sentences.txt")[:1]
         ['She gave her brother the keys.']
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MechprobeError(f"cannot read sentences file {str(path)!r}: {exc}") from exc
+    from mechprobe.corpus.local import decode_text, read_local
+
+    text = decode_text(read_local(path, "sentences file"), str(path), "sentences file")
     lines = [s.rstrip("\r") for s in text.splitlines() if s.strip()]
     if not lines:
         raise MechprobeError(f"sentences file {str(path)!r} has no sentences")

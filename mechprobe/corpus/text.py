@@ -105,8 +105,10 @@ def resolve_source(source: str) -> tuple[str, str | None]:
 
 
 def _from_bytes(data: bytes, source: str, origin: str, fallback: bool = False) -> TextSource:
+    from mechprobe.corpus.local import decode_text
+
     return TextSource(
-        text=data.decode("utf-8", errors="replace"),
+        text=decode_text(data, source, "text file", errors="replace"),
         source=source,
         origin=origin,
         sha256=hashlib.sha256(data).hexdigest(),
@@ -124,7 +126,9 @@ def load_text(
     file named by ``$MECHPROBE_TEXT`` is used if that variable is set, else
     ``gutenberg:32154`` (*The Variable Man*). Downloads are cached in
     ``cache_dir("texts")`` and written atomically. The file is returned whole, as
-    downloaded: nothing is stripped and CRLF line endings are kept.
+    downloaded: nothing is stripped and CRLF line endings are kept. UTF-16 and UTF-32 (a BOM,
+    or UTF-16's zero bytes) are decoded; a binary file or a device is refused in one line
+    (`mechprobe.corpus.local`).
 
     If no source was given (``source=None``, no ``$MECHPROBE_TEXT``) and the default cannot be
     downloaded, a loud warning goes to stderr and the built-in sample text (original prose
@@ -135,13 +139,15 @@ def load_text(
     Args:
         source: Path, URL or ``gutenberg:ID``; ``None`` for ``$MECHPROBE_TEXT`` / default.
         timeout: Deadline in seconds for the whole download (redirects included).
-        max_bytes: Largest download accepted, enforced while reading (default 32 MiB).
+        max_bytes: Largest download or local file accepted, enforced while reading (default
+            32 MiB; `mechprobe.corpus.local.input_cap`).
 
     Returns:
         A :class:`TextSource` with the text, its origin and sha256.
 
     Raises:
-        MechprobeError: A missing/unreadable file or a failed non-default download.
+        MechprobeError: A missing, unreadable, binary or oversized file, or a failed
+            non-default download.
 
     Example:
         >>> _ = Path("story.txt").write_text("It can not be.", encoding="utf-8")
@@ -155,13 +161,10 @@ def load_text(
         raise MechprobeError("the text source is empty: give a path, a URL or gutenberg:ID")
     kind, url = resolve_source(source)
     if kind == "path":
+        from mechprobe.corpus.local import read_local
+
         path = Path(source).expanduser()
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            why = exc.strerror or type(exc).__name__
-            raise MechprobeError(f"cannot read text file {source}: {why}") from exc
-        return _from_bytes(data, source, str(path))
+        return _from_bytes(read_local(path, "text file", max_bytes), source, str(path))
 
     assert url is not None
     if may_fall_back and url in _FELL_BACK:  # warned once; not tried again this run

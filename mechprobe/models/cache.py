@@ -43,23 +43,41 @@ log = logging.getLogger(__name__)
 MANIFEST = "mechprobe-manifest.json"
 MANIFEST_FORMAT = 1
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:tmp-|old-)?[A-Za-z0-9_]+$")
-_HASH_MEMO: dict[str, tuple[int, int, str]] = {}
+_HASH_MEMO: dict[str, list[Any]] = {}
 
 
 def cache_dir(*parts: str) -> Path:
     """Return (and create) a directory inside mechprobe's cache.
 
+    Raises:
+        MechprobeError: ``MECHPROBE_CACHE`` is set but empty (it would mean the current
+            directory), or the directory cannot be created (a file in the way, a HOME that
+            cannot hold a cache, no permission): ``<path>: <cause>``.
+
     Example:
         >>> cache_dir("tokenizers").name
         'tokenizers'
     """
+    from mechprobe.errors import MechprobeError
+
     root = os.environ.get("MECHPROBE_CACHE")
+    if root is not None and not root.strip():
+        raise MechprobeError(
+            "MECHPROBE_CACHE: set but empty; unset it (default ~/.cache/mechprobe) or give a "
+            "directory"
+        )
     if root is None:
         import platformdirs
 
         root = platformdirs.user_cache_dir("mechprobe")
     path = Path(root).joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MechprobeError(
+            f"{exc.filename or path}: cannot create the cache directory: {exc.strerror}; set "
+            "MECHPROBE_CACHE to a writable directory"
+        ) from exc
     return path
 
 
@@ -79,38 +97,65 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 8 << 20) -> str:
     return digest.hexdigest()
 
 
+#: A memo entry is trusted only for a file whose ctime is at least this much older than the hash
+#: (file timestamps tick coarsely: a rewrite in the same tick would otherwise look unchanged).
+RACY_NS = 2_000_000_000
+
+
+def _memo_key(st: os.stat_result) -> list[int]:
+    """What a rewrite changes: device, inode, ctime (``touch`` cannot set it), size, mtime."""
+    return [st.st_dev, st.st_ino, st.st_ctime_ns, st.st_size, st.st_mtime_ns]
+
+
+def _trusted(entry: Any, key: list[int]) -> str | None:
+    """The memo's sha256 when ``entry`` matches ``key`` and was hashed well after the ctime."""
+    if not (isinstance(entry, list) and len(entry) == 3 and entry[0] == key):
+        return None
+    hashed_at, digest = entry[1], entry[2]
+    if not isinstance(hashed_at, int) or key[2] > hashed_at - RACY_NS:
+        return None
+    return str(digest)
+
+
 def cached_sha256(path: str | os.PathLike[str]) -> str:
-    """Return a file's sha256, remembered by (path, size, mtime_ns) across calls and processes.
+    """Return a file's sha256, remembered across calls and processes while the file is unchanged.
 
     For identifying source files cheaply (run manifests, cache keys); the memo lives in
-    ``cache_dir("hashes")/sha256.json``. A file changed in place gets a new mtime and is hashed
-    again. Cached conversions are never trusted this way: `verify_dir` hashes them in full.
+    ``cache_dir("hashes")/sha256.json``. It is keyed by the device, inode, ctime, size and
+    mtime: a rewrite in place changes the ctime, which ``touch`` or ``os.utime`` cannot set
+    back, so a file rewritten with the same size and a restored mtime is hashed again; so is a
+    file replaced by another (inode). An entry is trusted only when the file's ctime is more than
+    2 s older than the hash (`RACY_NS`), as git does with its index. The cost: one ``stat`` for
+    an unchanged file; a full read (~1.5 GB/s) after anything that sets its ctime (a write,
+    ``chmod``, ``chown``, a new hard link, a copy restored with ``cp -p``) and on each call within
+    2 s of such a change. Cached conversions are never trusted this way: `verify_dir` hashes them
+    in full.
 
     Example:
         >>> cached_sha256(__file__) == sha256_file(__file__)
         True
     """
+    import time
+
     p = Path(path).resolve()
-    st = p.stat()
-    key = str(p)
-    memo = _HASH_MEMO.get(key)
-    if memo and memo[:2] == (st.st_size, st.st_mtime_ns):
-        return memo[2]
+    key = _memo_key(p.stat())
+    name = str(p)
+    if (digest := _trusted(_HASH_MEMO.get(name), key)) is not None:
+        return digest
     store = cache_dir("hashes") / "sha256.json"
     try:
         disk = json.loads(store.read_text(encoding="utf-8"))
         assert isinstance(disk, dict)
     except (OSError, ValueError, AssertionError):
         disk = {}
-    entry = disk.get(key)
-    if isinstance(entry, list) and len(entry) == 3 and entry[:2] == [st.st_size, st.st_mtime_ns]:
-        digest = str(entry[2])
-    else:
+    digest = _trusted(disk.get(name), key)
+    if digest is None:
+        hashed_at = time.time_ns()
         digest = sha256_file(p)
-        disk[key] = [st.st_size, st.st_mtime_ns, digest]
+        disk[name] = [key, hashed_at, digest]
         with contextlib.suppress(OSError):  # a read-only cache only loses the memo
             _atomic_write(store, json.dumps(disk, indent=0, sort_keys=True))
-    _HASH_MEMO[key] = (st.st_size, st.st_mtime_ns, digest)
+    _HASH_MEMO[name] = disk[name]
     return digest
 
 

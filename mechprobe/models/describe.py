@@ -1,7 +1,7 @@
 """`describe`: where a model's weights come from, for run manifests and provenance.
 
 Cheap: no model is loaded and neither torch nor transformers is imported. Source files are
-hashed once and remembered by (path, size, mtime_ns) (`mechprobe.models.cache.cached_sha256`).
+hashed once and remembered while unchanged (`mechprobe.models.cache.cached_sha256`).
 """
 
 from __future__ import annotations

@@ -81,6 +81,12 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """A manifest's JSON object; ``{}`` when it is unreadable or not an object."""
+    data = _read_json(path)
+    return data if isinstance(data, dict) else {}
+
+
 def _verdict(verdict: str) -> str:
     cls = VERDICT_CLASS.get(verdict, "muted")
     return f"<span class='verdict {cls}'>{html.escape(verdict)}</span>"
@@ -137,7 +143,7 @@ def _figures(step_dir: Path, name: str, counter: list[int]) -> list[str]:
 
 
 def _section(name: str, title: str, step_dir: Path, counter: list[int]) -> str:
-    manifest = _read_json(step_dir / "manifest.json") or {}
+    manifest = _read_manifest(step_dir / "manifest.json")
     summary = _read_json(step_dir / "summary.json") or {}
     model = manifest.get("model", {}).get("model", "?")
     parts = [
@@ -222,7 +228,7 @@ def build_report(out_dir: str | Path) -> Path:
         for name, spec in specs.items()
         if (out / name / "manifest.json").is_file()
     }
-    manifests = {name: _read_json(d / "manifest.json") or {} for name, (_, d) in steps.items()}
+    manifests = {name: _read_manifest(d / "manifest.json") for name, (_, d) in steps.items()}
     models = sorted({m.get("model", {}).get("model", "?") for m in manifests.values()})
     counter = [0]
     sections = [_section(n, title, d, counter) for n, (title, d) in steps.items()]

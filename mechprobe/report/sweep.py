@@ -29,6 +29,12 @@ def _read(path: Path) -> Any:
         return None
 
 
+def _read_object(path: Path) -> dict[str, Any] | None:
+    """A JSON object (a manifest, a finding); None when unreadable or not an object."""
+    data = _read(path)
+    return data if isinstance(data, dict) else None
+
+
 def _figure(fig: Any, fid: str) -> str:
     spec = fig.to_json().replace("</", "<\\/")
     return (
@@ -45,7 +51,7 @@ def _findings(specs: Mapping[str, Any], dirs: Mapping[str, Path]) -> str:
             continue
         cells = []
         for d in dirs.values():
-            f = _read(d / name / "finding.json")
+            f = _read_object(d / name / "finding.json")
             if f is None:
                 cells.append("<td class='muted'>not run</td>")
                 continue
@@ -67,7 +73,7 @@ def _per_model(dirs: Mapping[str, Path]) -> str:
     """Parity and provenance/cost per model, from the manifests and crosscheck checks."""
     prov, parity = [], []
     for model, d in dirs.items():
-        manifests = [m for p in sorted(d.glob("*/manifest.json")) if (m := _read(p))]
+        manifests = [m for p in sorted(d.glob("*/manifest.json")) if (m := _read_object(p))]
         if not manifests:
             continue
         info = manifests[0]["model"]
@@ -102,7 +108,7 @@ def build_sweep_page(out: Path, models: Sequence[str], skipped: Mapping[str, str
     """Write ``OUT/index.html`` for a sweep over ``models`` (skipped ones with their reason).
 
     Args:
-        out: The sweep's output directory (each model's run in ``OUT/<model>/``).
+        out: The sweep's output directory (each model's run in `mechprobe.runner.sweep.model_dir`).
         models: The models, in page order.
         skipped: ``{model: reason}`` of models that could not run here.
     """
@@ -121,7 +127,7 @@ def build_sweep_page(out: Path, models: Sequence[str], skipped: Mapping[str, str
             continue
         curves, n_layers = {}, {}
         for model, d in dirs.items():
-            manifest = _read(d / name / "manifest.json")
+            manifest = _read_object(d / name / "manifest.json")
             if manifest is None:
                 continue
             curves[model] = spec.depth_curves(load_result(d / name))

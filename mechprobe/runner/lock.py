@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,6 +67,48 @@ def _holder(path: Path) -> str:
         return "holder unknown"
 
 
+def open_lock_file(lock_path: Path) -> int:
+    """Open (or create) the lock file without following a link; refuse anything but a file.
+
+    ``O_NOFOLLOW`` makes a symbolic link fail to open, so the run never writes through it to a
+    file elsewhere; a directory, a FIFO or device, a file with other hard links, or one that
+    cannot be opened for writing is refused too. Nothing is truncated before these checks.
+
+    Raises:
+        MechprobeError: ``<path>: <cause>``, naming what to do.
+
+    Example:
+        >>> os.symlink("elsewhere.txt", "link.lock")
+        >>> open_lock_file(Path("link.lock"))
+        Traceback (most recent call last):
+        ...
+        mechprobe.errors.MechprobeError: link.lock: the lock file is a symbolic link; ...
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    hint = "remove it (mechprobe creates its own lock file there)"
+    try:
+        fd = os.open(lock_path, flags, 0o666)
+    except OSError as exc:
+        if lock_path.is_symlink():
+            cause = "the lock file is a symbolic link; mechprobe never writes through a link"
+        elif lock_path.is_dir():
+            cause = "the lock file is a directory"
+        else:
+            cause = f"cannot open the lock file: {exc.strerror}"
+            raise MechprobeError(f"{lock_path}: {cause}") from None
+        raise MechprobeError(f"{lock_path}: {cause}; {hint}") from None
+    st = os.fstat(fd)
+    why = None
+    if not stat.S_ISREG(st.st_mode):
+        why = "the lock file is not a regular file"
+    elif st.st_nlink > 1:
+        why = f"the lock file has {st.st_nlink} hard links; writing it would change the others"
+    if why:
+        os.close(fd)
+        raise MechprobeError(f"{lock_path}: {why}; {hint}")
+    return fd
+
+
 @contextlib.contextmanager
 def out_lock(out: str | os.PathLike[str], command: str) -> Iterator[Path]:
     """Hold the output directory's lock for a ``with`` block; fail at once if another run has it.
@@ -82,7 +125,7 @@ def out_lock(out: str | os.PathLike[str], command: str) -> Iterator[Path]:
     """
     path = check_out_dir(out)
     lock_path = path / LOCK_NAME
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = open_lock_file(lock_path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -146,11 +146,14 @@ def _by_content(req: Any) -> Any:
 def read_manifest(step_dir: Path) -> dict[str, Any] | None:
     """The manifest of a step directory, or None if there is none or it is unreadable.
 
+    A manifest that is valid JSON but not an object counts as unreadable (the step runs again).
+
     Example:
         >>> read_manifest(Path("no/such/step")) is None
         True
     """
     try:
-        return json.loads((step_dir / "manifest.json").read_text(encoding="utf-8"))
+        data = json.loads((step_dir / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None

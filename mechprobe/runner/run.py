@@ -70,6 +70,8 @@ class RunRequest:
         placement: The device (None: CUDA if available, else CPU) or device map, and dtype.
         png: Export PNG figures (None: when a browser is available).
         command: The command line, recorded in the manifests and the lock.
+        overwrite: Replace what OUT holds of another model (or, for ``probe``, of another class
+            file); without it such an OUT is refused (`mechprobe.runner.overwrite`).
     """
 
     model: str | ModelSource
@@ -79,6 +81,7 @@ class RunRequest:
     placement: Placement = field(default_factory=Placement)
     png: bool | None = None
     command: str = "mechprobe (library call)"
+    overwrite: bool = False
 
 
 @dataclass
@@ -200,6 +203,7 @@ def run_steps(request: RunRequest, *, log: Callable[[str], None] = _log) -> RunO
                 if request.resume:
                     log(f"[rerun] {name}: {why}")
                 todo.append(step)
+        _refuse_foreign(out, request, requests, log)
         if todo:
             model, reference, loaded_shape = _load(request, source, todo, outcome, log)
             if resolved is None:
@@ -222,6 +226,22 @@ def run_steps(request: RunRequest, *, log: Callable[[str], None] = _log) -> RunO
 
         outcome.report = build_report(out)
     return outcome
+
+
+def _refuse_foreign(
+    out: Path, request: RunRequest, requests: dict[str, Any], log: Callable[[str], None]
+) -> None:
+    """Refuse wrong entries in OUT, and another model's run unless ``request.overwrite``."""
+    from mechprobe.errors import MechprobeError
+    from mechprobe.runner.overwrite import foreign_run, misplaced
+
+    if bad := misplaced(out, list(requests), overwrite=request.overwrite):
+        raise MechprobeError(bad)
+    if (what := foreign_run(out, request.model, requests)) is None:
+        return
+    if not request.overwrite:
+        raise MechprobeError(f"{what}; give --overwrite to replace it, or choose another --out")
+    log(f"[overwrite] {what}")
 
 
 def _device_type(placement: Placement) -> str:

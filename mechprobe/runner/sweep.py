@@ -1,9 +1,11 @@
 """``mechprobe sweep``: the same steps on several models, one model in memory at a time.
 
-Each model's run goes into ``OUT/<model>/`` through `mechprobe.runner.run.run_steps` (its lock,
-manifests and ``--resume``); a model that cannot be loaded here (a hub model offline) is listed as
-skipped with a one-line reason and the others run. Then the comparative page ``OUT/index.html`` is
-built from what is on disk (`mechprobe.report.sweep`).
+Each model's run goes into ``OUT/<model>-<hash>/`` (`model_dir`) through
+`mechprobe.runner.run.run_steps` (its lock, manifests and ``--resume``); every model is checked
+before the first runs (`check_models`: a typo is refused at once), and a model that cannot be
+loaded here (a hub model offline) is listed as skipped with a one-line reason and the others run.
+Then the comparative page ``OUT/index.html`` is built from what is on disk
+(`mechprobe.report.sweep`).
 
 Example:
     >>> from mechprobe.experiments import get
@@ -15,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import gc
+import hashlib
 import re
 import sys
 import time
@@ -45,14 +48,75 @@ class SweepOutcome:
     page: Path = Path()
 
 
+def model_source(model: str) -> str:
+    """What ``model`` names in full: a local directory's absolute path, else the name itself.
+
+    Example:
+        >>> model_source("org/model")
+        'org/model'
+    """
+    from mechprobe.models.registry import KNOWN_MODELS
+    from mechprobe.models.sources import GGUF_MODELS
+
+    path = Path(model).expanduser()
+    if model not in KNOWN_MODELS and model not in GGUF_MODELS and path.is_dir():
+        return str(path.resolve())
+    return model
+
+
 def model_dir(out: Path, model: str) -> Path:
-    """``OUT/<model>``; a local directory or hub id becomes a safe folder name.
+    """``OUT/<name>-<hash>``: a readable folder name plus 8 hex of the model's full source.
+
+    The hash is of `model_source`, so two models whose names read alike (``a+1`` and ``a_1``,
+    ``org/model`` and ``org_model``) never share a folder.
 
     Example:
         >>> model_dir(Path("out"), "org/some model").as_posix()
-        'out/org_some_model'
+        'out/org_some_model-bfc9d9c3'
+        >>> model_dir(Path("out"), "org_some_model").name
+        'org_some_model-9cd8a266'
     """
-    return out / re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/"))
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("._-")[-64:] or "model"
+    digest = hashlib.sha256(model_source(model).encode("utf-8")).hexdigest()[:8]
+    return out / f"{readable}-{digest}"
+
+
+def check_models(models: list[str]) -> dict[str, str]:
+    """Check every model before any runs; return ``{model: reason}`` of those to skip.
+
+    A mistyped path, or a name that is a near miss of a known model and cannot be found here,
+    is bad input: it is refused at once, before the first model loads. A hub id that only
+    needs a network is skipped with its reason.
+
+    Raises:
+        MechprobeError: ``--models: <model>: <why>`` for the first bad name.
+
+    Example:
+        >>> check_models(["tiny-gpt2", "tiny-gpt3"])
+        Traceback (most recent call last):
+        ...
+        mechprobe.errors.MechprobeError: --models: tiny-gpt3: not a known model ... 'tiny-gpt2'?
+    """
+    from mechprobe.models.availability import unavailable
+    from mechprobe.models.sources import did_you_mean, missing_path
+
+    if len(set(models)) != len(models) or not models:
+        raise MechprobeError(f"give each model once, at least one: got {', '.join(models)}")
+    for model in models:  # a mistyped path is bad input, not a model to skip
+        if why := missing_path(model):
+            raise MechprobeError(f"--models: {model}: {why}")
+    skipped = {}
+    for model in models:
+        reason = unavailable(model)
+        if reason is None:
+            continue
+        if hint := did_you_mean(model).strip():
+            raise MechprobeError(
+                f"--models: {model}: not a known model and not found here (no network, not in "
+                f"the local HuggingFace cache); {hint}"
+            )
+        skipped[model] = reason
+    return skipped
 
 
 def sweep(
@@ -64,9 +128,10 @@ def sweep(
     placement: Placement | None = None,
     png: bool | None = None,
     command: str = "mechprobe sweep (library call)",
+    overwrite: bool = False,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
 ) -> SweepOutcome:
-    """Run ``steps()`` on each model into ``OUT/<model>/``, then write the comparative page.
+    """Run ``steps()`` on each model into `model_dir`, then write the comparative page.
 
     Args:
         models: Model names, in page order (duplicates are an error).
@@ -76,24 +141,17 @@ def sweep(
         placement: Where each model's weights go, and their dtype (default: one device).
         png: Export PNG figures (default: when a browser is available).
         command: The command line, for the manifests.
+        overwrite: Replace a model folder's run of another model (see `RunRequest`).
         log: Progress lines.
     """
-    from mechprobe.models.availability import unavailable
     from mechprobe.report.sweep import build_sweep_page
 
-    if len(set(models)) != len(models) or not models:
-        raise MechprobeError(f"give each model once, at least one: got {', '.join(models)}")
-    from mechprobe.models.sources import missing_path
-
-    for model in models:  # a mistyped path is bad input, not a model to skip
-        if why := missing_path(model):
-            raise MechprobeError(f"--models: {model}: {why}")
     outcome = SweepOutcome()
+    to_skip = check_models(models)
     for i, model in enumerate(models, 1):
-        reason = unavailable(model)
-        if reason is not None:
-            log(f"[skip] {model}: {reason}")
-            outcome.skipped[model] = reason
+        if model in to_skip:
+            log(f"[skip] {model}: {to_skip[model]}")
+            outcome.skipped[model] = to_skip[model]
             continue
         log(f"[model {i}/{len(models)}] {model}")
         t0 = time.perf_counter()
@@ -105,6 +163,7 @@ def sweep(
             placement=placement or Placement(),
             png=png,
             command=command,
+            overwrite=overwrite,
         )
         outcome.runs[model] = run_steps(request, log=log)
         outcome.wall_s[model] = time.perf_counter() - t0

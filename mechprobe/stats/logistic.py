@@ -28,6 +28,7 @@ import torch
 from jaxtyping import Bool, Float, Int, Shaped
 from scipy import stats
 
+from mechprobe.errors import BadInputError
 from mechprobe.stats import _chunks
 
 __all__ = ["LogisticFit", "fit_logistic"]
@@ -80,6 +81,35 @@ class LogisticFit:
     def n_units(self) -> int:
         """Number of units fitted."""
         return int(self.beta.shape[0])
+
+
+def _numeric_labels(y: object) -> np.ndarray:
+    """``y`` as a numpy array of numbers or booleans; strings and objects are refused."""
+    arr = np.asarray(y)
+    if arr.dtype.kind not in "biuf":
+        first = arr.reshape(-1)[:1].tolist()
+        raise BadInputError(
+            f"fit_logistic: y must be 0/1 numbers or booleans, got dtype {arr.dtype} (first "
+            f"value {first[0] if first else None!r}); map the labels first, e.g. "
+            "y = (labels == 'negation')"
+        )
+    return arr
+
+
+def _check_overflow(xt: torch.Tensor, out: dict[str, np.ndarray]) -> None:
+    """Refuse units left NaN because their values overflow float64 when standardised."""
+    failed = np.flatnonzero(np.isnan(out["beta"]) & np.isnan(out["intercept"]) & ~out["separated"])
+    if failed.size == 0:
+        return
+    cols = torch.from_numpy(failed).to(xt.device)
+    peak = xt.detach().index_select(1, cols).abs().amax(0).double().cpu().numpy()
+    limit = np.sqrt(np.finfo(np.float64).max / (4.0 * max(1, xt.shape[0])))  # sum of squares
+    huge = failed[peak > limit]
+    if huge.size:
+        raise BadInputError(
+            f"fit_logistic: {huge.size} unit(s) overflow float64 when standardised (|x| up to "
+            f"{peak.max():.3g}), e.g. units {huge[:5].tolist()}; rescale x first"
+        )
 
 
 def fit_logistic(
@@ -138,7 +168,11 @@ def fit_logistic(
         A :class:`LogisticFit` of 1-D numpy arrays with one entry per unit.
 
     Raises:
-        ValueError: If shapes do not match, ``y`` is not binary or ``x`` is not finite.
+        ValueError: If shapes do not match or ``y`` is not binary.
+        BadInputError: (a ``ValueError`` and a `MechprobeError`) ``y`` is not numeric
+            (strings: map them to 0/1 first), ``x`` is not finite, or a unit's values are so
+            large (about ``|x| > 1e154 / sqrt(samples)``) that standardising them overflows
+            float64: such a unit would otherwise come back all NaN, silently.
 
     Example:
         >>> import numpy as np
@@ -160,7 +194,7 @@ def fit_logistic(
         raise ValueError(f"x must be a float array, got dtype {xt.dtype}")
     n, m = xt.shape
 
-    yt = y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))
+    yt = y if isinstance(y, torch.Tensor) else torch.as_tensor(_numeric_labels(y))
     yt = yt.detach().reshape(-1).to(device=dev, dtype=torch.float64)
     if yt.shape[0] != n:
         raise ValueError(f"y has {yt.shape[0]} samples but x has {n}")
@@ -181,15 +215,25 @@ def fit_logistic(
     # Put the positive samples first (the fit does not depend on the order of samples):
     # class-wise reductions then work on views instead of masked copies.
     order = torch.argsort(yt, descending=True, stable=True).to(xt.device)
-    out = _chunks.fit_columns(
-        xt.detach(),
-        order,
-        _chunks.Labels(yt),
-        chunk_size=chunk_size,
-        device=dev,
-        max_iter=max_iter,
-        tol=tol,
-    )
+    try:
+        out = _chunks.fit_columns(
+            xt.detach(),
+            order,
+            _chunks.Labels(yt),
+            chunk_size=chunk_size,
+            device=dev,
+            max_iter=max_iter,
+            tol=tol,
+        )
+    except ValueError as exc:
+        if "NaN or infinite" not in str(exc):
+            raise
+        bad = np.flatnonzero(~torch.isfinite(xt.detach()).all(0).cpu().numpy())
+        raise BadInputError(
+            f"fit_logistic: x holds NaN or infinite values in {len(bad)} unit(s), e.g. units "
+            f"{bad[:5].tolist()}; drop or fix them first"
+        ) from None
+    _check_overflow(xt, out)
     z = out.pop("z")
     with np.errstate(invalid="ignore"):
         pvalue = 2.0 * stats.norm.sf(np.abs(z))

@@ -39,9 +39,71 @@ FIELDS = ("beta", "intercept", "pvalue", "accuracy", "converged", "separated")
 FLAGS = ("converged", "separated", "fitted")
 
 
+#: Deadline for the scheduler's handshake, in seconds (it may accept and never answer);
+#: ``$MECHPROBE_DASK_CONNECT_S`` overrides it.
+CONNECT_TIMEOUT_S = 20.0
+#: Deadline for the first worker to join, in seconds; ``$MECHPROBE_DASK_WORKER_WAIT_S`` overrides.
+WORKER_WAIT_S = 60.0
+
+
+def _deadline(env: str, default: float) -> float:
+    import os
+
+    raw = os.environ.get(env, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        raise MechprobeError(f"{env}: expected a number of seconds, got {raw!r}") from None
+    if not 0 < value < 1e6:
+        raise MechprobeError(f"{env}: expected a positive number of seconds, got {raw!r}")
+    return value
+
+
+def _client(scheduler: str) -> Any:
+    """A Client made within `CONNECT_TIMEOUT_S`, in a daemon thread that may be left behind.
+
+    distributed's own ``timeout`` does not bound every step of the handshake: a server that
+    accepts the connection and never answers would block the run for ever.
+    """
+    import threading
+
+    from distributed import Client
+
+    box: dict[str, Any] = {}
+    deadline = _deadline("MECHPROBE_DASK_CONNECT_S", CONNECT_TIMEOUT_S)
+
+    def make() -> None:
+        try:
+            box["client"] = Client(scheduler, timeout=f"{deadline}s")
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=make, name="mechprobe-dask-connect", daemon=True)
+    thread.start()
+    thread.join(deadline + 2)  # distributed's own error first, where it has one
+    if thread.is_alive():
+        raise MechprobeError(
+            f"{scheduler}: the Dask scheduler did not answer within {deadline:g} s; is a Dask "
+            "scheduler listening there (dask scheduler --port PORT)? A slow one: raise "
+            "MECHPROBE_DASK_CONNECT_S"
+        )
+    if "error" in box:
+        exc = box["error"]
+        if isinstance(exc, OSError | TimeoutError | ValueError):
+            raise MechprobeError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
+        raise exc
+    return box["client"]
+
+
 @contextlib.contextmanager
 def connect(scheduler: str | None) -> Iterator[Any]:
-    """A dask.distributed client of the scheduler at ``scheduler``; None yields None.
+    """A dask.distributed client of the scheduler at ``scheduler``, with a worker; None: None.
+
+    The handshake has a deadline (`CONNECT_TIMEOUT_S`), and so does the wait for the first
+    worker (`WORKER_WAIT_S`): each fails in one line with a hint instead of waiting for ever.
+
+    Raises:
+        MechprobeError: No distributed, no answer, or no worker in time.
 
     Example:
         >>> with connect(None) as client:
@@ -52,14 +114,19 @@ def connect(scheduler: str | None) -> Iterator[Any]:
         yield None
         return
     try:
-        from distributed import Client
+        import distributed  # noqa: F401
     except ImportError as exc:
         raise MechprobeError("--scheduler needs dask.distributed: pip install distributed") from exc
+    wait = _deadline("MECHPROBE_DASK_WORKER_WAIT_S", WORKER_WAIT_S)
+    client = _client(scheduler)
     try:
-        client = Client(scheduler, timeout="20s")
-    except (OSError, TimeoutError, ValueError) as exc:
-        raise MechprobeError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
-    try:
+        try:
+            client.wait_for_workers(1, timeout=wait)
+        except TimeoutError:
+            raise MechprobeError(
+                f"{scheduler}: no Dask worker joined the scheduler within {wait:g} s; start one "
+                f"(dask worker {scheduler}) or raise MECHPROBE_DASK_WORKER_WAIT_S"
+            ) from None
         yield client
     finally:
         client.close()
