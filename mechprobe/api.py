@@ -118,12 +118,14 @@ class Result:
 
         return {k: v for k, v in figures_of(self.raw).items() if v is not None}
 
-    def save(self, out: str | Path, *, png: bool | None = None) -> Path:
+    def save(self, out: str | Path, *, png: bool | None = None, overwrite: bool = False) -> Path:
         """Write ``out/<experiment>/`` exactly as the CLI does, and the report ``out/index.html``.
 
         Args:
             out: The output directory (created; locked while writing).
             png: Also export PNG figures (None: when a browser is available, as the CLI does).
+            overwrite: Replace what ``out`` holds of another model's run (or of a probe on
+                other classes); without it such an ``out`` is refused, as on the CLI.
 
         Returns:
             The step directory, which `load_result` reads back.
@@ -131,9 +133,17 @@ class Result:
         from mechprobe.plots import captions_of
         from mechprobe.report import build_report
         from mechprobe.runner.lock import out_lock
+        from mechprobe.runner.overwrite import foreign_run, misplaced
         from mechprobe.runner.steps import write_step
 
         with out_lock(Path(out), self.manifest.get("command", "mechprobe (library call)")) as o:
+            name = self.raw.name
+            if bad := misplaced(o, [name], overwrite=overwrite):
+                raise MechprobeError(bad)
+            model = str(self.manifest.get("model", {}).get("model", ""))
+            what = foreign_run(o, model, {name: self.manifest.get("request", {})})
+            if what is not None and not overwrite:
+                raise MechprobeError(f"{what}; pass overwrite=True to replace it")
             manifest = {k: v for k, v in self.manifest.items() if k not in ("format", "files")}
             figures, captions = self.figures(), captions_of(self.raw)
             path = write_step(o, self.spec, self.raw, figures, manifest, png=png, captions=captions)

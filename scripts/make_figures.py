@@ -39,7 +39,9 @@ def main() -> int:
     code = mechprobe_main(argv + (["--resume"] if args.resume else []))
     if code != 0:
         return code
-    outs = {m: out / m for m in models}
+    from mechprobe.runner.sweep import model_dir
+
+    outs = {m: model_dir(out, m) for m in models}
     first = outs[models[0]]
     pngs = sorted(first.glob("*/figures/*.png"))
     if not pngs:

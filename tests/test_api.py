@@ -299,3 +299,15 @@ def test_three_classes_give_one_row_per_contrast(tiny_model, text):
     assert sorted(df["contrast"].unique()) == sorted(classes)
     assert sorted(res.samples["class"].unique()) == sorted(classes)
     assert "mlp:modal: most significant layer 1" in repr(res)
+
+
+def test_save_refuses_an_out_holding_another_models_run(result, tmp_path):
+    """The CLI's no-silent-overwrite rule holds for the library too."""
+    step = result.save(tmp_path, png=False)
+    manifest = json.loads((step / "manifest.json").read_text())
+    manifest["model"]["model"] = "smollm2-135m"  # as if another model's run were there
+    (step / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(MechprobeError, match="holds a run of smollm2-135m"):
+        result.save(tmp_path, png=False)
+    again = result.save(tmp_path, png=False, overwrite=True)
+    assert json.loads((again / "manifest.json").read_text())["model"]["model"] == "tiny-gpt2"

@@ -169,7 +169,7 @@ def entry() -> None:
     if sys.stdout is None:  # started with stdout closed (`mechprobe ... >&-`)
         sys.stderr.write(f"{STDOUT_CLOSED}\n")
         raise SystemExit(2)
-    sys.stdout = _NamedStream(sys.stdout, "<stdout>")  # type: ignore[assignment]
+    sys.stdout = _NamedStream(sys.stdout, "<stdout>")
     try:
         code = main()
         sys.stdout.flush()

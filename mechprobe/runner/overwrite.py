@@ -37,7 +37,8 @@ def _probe_data(inputs: Any) -> dict[str, Any]:
 
 
 def _what_probe(manifest: dict[str, Any]) -> str:
-    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    found = manifest.get("config")
+    config: dict[str, Any] = found if isinstance(found, dict) else {}
     if config.get("labels"):
         return f"the labels file {config['labels']}"
     return f"the class file {config['classes']}" if config.get("classes") else "the negation preset"

@@ -237,7 +237,9 @@ def _refuse_foreign(
 
     if bad := misplaced(out, list(requests), overwrite=request.overwrite):
         raise MechprobeError(bad)
-    if (what := foreign_run(out, request.model, requests)) is None:
+    from mechprobe.models.source import resolve_model
+
+    if (what := foreign_run(out, resolve_model(request.model).name, requests)) is None:
         return
     if not request.overwrite:
         raise MechprobeError(f"{what}; give --overwrite to replace it, or choose another --out")

@@ -55,13 +55,10 @@ def model_source(model: str) -> str:
         >>> model_source("org/model")
         'org/model'
     """
-    from mechprobe.models.registry import KNOWN_MODELS
-    from mechprobe.models.sources import GGUF_MODELS
+    from mechprobe.models.source import resolve_model
 
-    path = Path(model).expanduser()
-    if model not in KNOWN_MODELS and model not in GGUF_MODELS and path.is_dir():
-        return str(path.resolve())
-    return model
+    src = resolve_model(model)
+    return str(src.repo) if src.kind == "local" else model
 
 
 def model_dir(out: Path, model: str) -> Path:
