@@ -13,7 +13,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from mechprobe.corpus.targets import decode_pieces, select_targets, tokenize_text
+from mechprobe.corpus.classes import negation_preset
+from mechprobe.corpus.targets import decode_pieces, tokenize_text
 from mechprobe.models.sources import gpt2_tokenizer, smollm2_dir
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "mechprobe/data/sample_negation.txt"
@@ -27,7 +28,7 @@ def main() -> None:
     tokenizers = {"gpt2": gpt2_tokenizer(), "smollm2": AutoTokenizer.from_pretrained(smollm2_dir())}
     for name, tokenizer in tokenizers.items():
         ids = tokenize_text(tokenizer, text)
-        targets = select_targets(decode_pieces(tokenizer, ids))
+        targets = negation_preset().select(decode_pieces(tokenizer, ids))
         neg = int((targets.labels == 1).sum())
         print(f"{name}: {len(ids)} tokens, {neg} negation, {len(targets.labels) - neg} affirmation")
 

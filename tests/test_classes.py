@@ -18,7 +18,7 @@ from mechprobe.corpus.classes import (
     word_spans,
     word_types,
 )
-from mechprobe.corpus.targets import decode_pieces, prepare_samples, select_targets, tokenize_text
+from mechprobe.corpus.targets import decode_pieces, prepare_samples, tokenize_text
 from mechprobe.errors import MechprobeError
 from tests.helpers import COURSE_AFF_WORDS, COURSE_NEG_WORDS
 
@@ -97,15 +97,14 @@ TRICKY = [
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_preset_matches_select_targets_on_random_pieces(seed):
+def test_preset_matches_the_course_rule_on_random_pieces(seed):
     rng = np.random.default_rng(seed)
     pieces = [TRICKY[i] for i in rng.integers(0, len(TRICKY), size=int(rng.integers(0, 80)))]
     pre, post = int(rng.integers(0, 6)), int(rng.integers(1, 6))
     got = negation_preset().select(pieces, pre, post)
-    ref = select_targets(pieces, pre, post)
     pos, lab = course_targets(pieces, pre, post)
-    assert got.positions.tolist() == ref.positions.tolist() == pos
-    assert got.labels.tolist() == ref.labels.tolist() == lab
+    assert got.positions.tolist() == pos
+    assert got.labels.tolist() == lab
     assert got.positions.dtype == np.int64 and got.labels.dtype == np.int8
 
 
@@ -132,17 +131,20 @@ def test_preset_on_shared_text(shared_text, tiny_reference, pre, post):
     assert lab.count(0) > 100 and lab.count(1) > 100
 
 
-def test_prepare_samples_with_preset_is_unchanged(tiny_reference):
+def test_prepare_samples_defaults_to_the_course_rule(tiny_reference):
     from mechprobe.data import read_data_text
 
     _, tok = tiny_reference
     text = read_data_text("sample_negation.txt")
-    for kw in [{}, {"max_samples": 30}, {"balance": True, "seed": 3}]:
-        a = prepare_samples(tok, text, pre=20, post=4, **kw)
-        b = prepare_samples(tok, text, pre=20, post=4, classes=negation_preset(), **kw)
-        assert np.array_equal(a.targets.positions, b.targets.positions)
-        assert np.array_equal(a.targets.labels, b.targets.labels)
-        assert a.n_found == b.n_found and a.windows.equal(b.windows)
+    pieces = decode_pieces(tok, tokenize_text(tok, text))
+    pos, lab = course_targets(pieces, 20, 4)
+    s = prepare_samples(tok, text, pre=20, post=4)
+    assert s.targets.positions.tolist() == pos and s.targets.labels.tolist() == lab
+    assert s.n_found == {"affirmation": lab.count(0), "negation": lab.count(1)}
+    firsts = prepare_samples(tok, text, pre=20, post=4, max_samples=30)
+    by_class = [[p for p, y in zip(pos, lab, strict=True) if y == k][:30] for k in (0, 1)]
+    want = sorted(by_class[0] + by_class[1])
+    assert firsts.targets.positions.tolist() == want
 
 
 def test_prepare_samples_three_classes(tiny_reference):

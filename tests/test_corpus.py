@@ -9,21 +9,29 @@ import pytest
 
 from mechprobe.corpus import targets as corpus_targets
 from mechprobe.corpus import text as corpus_text
+from mechprobe.corpus.classes import negation_preset
 from mechprobe.corpus.targets import (
     AFFIRMATION,
     NEGATION,
     Targets,
     balance_targets,
-    classify_token,
     first_per_class,
     make_windows,
-    select_targets,
 )
 from mechprobe.corpus.text import load_text
 from mechprobe.errors import MechprobeError
 from tests.helpers import COURSE_AFF_WORDS, COURSE_NEG_WORDS
 
 pytestmark = pytest.mark.unit
+
+#: The implementation under test: the shipped preset (classes_negation.toml), the course's rule.
+PRESET = negation_preset()
+classify_token = PRESET.classify
+
+
+def select_targets(pieces, pre=90, post=10):
+    return PRESET.select(pieces, pre, post)
+
 
 NEG_WORDS = list(COURSE_NEG_WORDS)
 AFF_WORDS = list(COURSE_AFF_WORDS)

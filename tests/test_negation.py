@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import mechprobe
-from mechprobe.corpus.targets import decode_pieces, select_targets, tokenize_text
+from mechprobe.corpus.classes import negation_preset
+from mechprobe.corpus.targets import decode_pieces, tokenize_text
 from mechprobe.experiments import negation as e1
 from mechprobe.experiments.negation import NegationConfig
 from mechprobe.models.registry import model_shape
@@ -452,7 +453,7 @@ def test_smollm2_units_match_hf_projections(smol_model, smol_reference, shared_t
     text = shared_text.read_bytes().decode("utf-8", errors="replace")
     ids = tokenize_text(tok, text)
     pieces = decode_pieces(tok, ids)
-    t = select_targets(pieces)
+    t = negation_preset().select(pieces)
     assert s["n_found"] == {"affirmation": t.count(0), "negation": t.count(1)}
     windows = torch.tensor([ids[p - PRE : p + POST + 1] for p in a["positions"]])
     arch = hf_arch(hf)

@@ -5,7 +5,7 @@ A class file lists classes in order (labels 0, 1, ... in file order). Each class
 or contains one of its ``contains`` strings, or fully matches its ``regex``; and when the token
 that follows passes the optional conditions ``next_not`` (its raw text is none of these) and
 ``next_starts_with_space`` (it starts with ``" "``). The negation preset,
-:func:`negation_preset`, is exactly the course's rule (``targets.select_targets``).
+:func:`negation_preset`, is exactly the course's rule.
 
 Example:
     >>> classes = negation_preset()
@@ -240,7 +240,7 @@ class ClassSet:
         unit: str = "token",
         word_token: str = "first",
     ) -> Targets:
-        """The targets of every class, in text order, like ``targets.select_targets``.
+        """The targets of every class, in text order.
 
         With ``unit="token"`` the rules are applied at every ``ti`` in ``range(pre, n - post)``
         to ``pieces[ti]`` and ``pieces[ti + 1]``. With ``unit="word"`` the tokens are grouped

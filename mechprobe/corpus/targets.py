@@ -1,12 +1,12 @@
-"""The course's selection of negation / affirmation target tokens, and their context windows.
+"""Target tokens and their context windows: cutting, subsampling, the samples of a text.
 
-Free of any model: :func:`select_targets` applies the course's rule to a list of decoded token
-strings and :func:`make_windows` cuts the context windows around the targets.
+The class rules themselves live in `mechprobe.corpus.classes` (the course's negation rule is its
+shipped preset, ``classes_negation.toml``); this module cuts the windows around the targets a
+rule selects, subsamples them per class and tokenizes the documents.
 
 Example:
-    >>> pieces = ["It", " is", " not", " here", " and", " can", " be"]
-    >>> select_targets(pieces, pre=1, post=1).positions.tolist()
-    [2, 5]
+    >>> make_windows(list(range(10)), np.array([3, 6]), pre=1, post=1).tolist()
+    [[2, 3, 4], [5, 6, 7]]
 """
 
 from __future__ import annotations
@@ -30,24 +30,6 @@ if TYPE_CHECKING:
 AFFIRMATION = 0
 #: Label of a negation target.
 NEGATION = 1
-#: Whole-token negations (besides any token containing ``'t`` or ``n't``).
-NEGATION_WORDS = frozenset({"not", "cannot", "nor", "never"})
-#: Affirmation (modal / assent) words.
-AFFIRMATION_WORDS = frozenset(
-    {
-        "agree",
-        "always",
-        "allow",
-        "can",
-        "certainly",
-        "could",
-        "definitely",
-        "may",
-        "might",
-        "shall",
-        "should",
-    }
-)
 
 
 def tokenize_text(tokenizer: Tokenizer, text: str) -> list[int]:
@@ -72,30 +54,6 @@ def decode_pieces(tokenizer: Tokenizer, ids: Sequence[int]) -> list[str]:
         ['It', ' is', ' not']
     """
     return [tokenizer.decode([int(i)]) for i in ids]
-
-
-def classify_token(piece: str, next_piece: str) -> int | None:
-    """The course's rule for one candidate: ``NEGATION``, ``AFFIRMATION`` or ``None``.
-
-    ``tok = piece.strip().lower()``. Negation: ``"'t" in tok`` or ``"n't" in tok`` or
-    ``tok`` in {not, cannot, nor, never}. Affirmation: ``tok`` in {agree, always, allow,
-    can, certainly, could, definitely, may, might, shall, should} and
-    ``next_piece != " not"``. Both need ``next_piece`` to start with a space.
-
-    Example:
-        >>> classify_token(" not", " be"), classify_token(" can", " be")
-        (1, 0)
-        >>> classify_token(" can", " not"), classify_token("n't", ".")
-        (None, None)
-    """
-    if not next_piece.startswith(" "):
-        return None
-    tok = piece.strip().lower()
-    if "'t" in tok or "n't" in tok or tok in NEGATION_WORDS:
-        return NEGATION
-    if tok in AFFIRMATION_WORDS and next_piece != " not":
-        return AFFIRMATION
-    return None
 
 
 @dataclass(frozen=True)
@@ -126,41 +84,6 @@ class Targets:
     def take(self, index: np.ndarray) -> Targets:
         """The targets at ``index`` (an index array or boolean mask), order preserved."""
         return Targets(self.positions[index], self.labels[index])
-
-
-def select_targets(pieces: Sequence[str], pre: int = 90, post: int = 10) -> Targets:
-    """Apply :func:`classify_token` at every candidate ``ti`` in ``range(pre, n - post)``.
-
-    Args:
-        pieces: Decoded tokens of the whole text (``decode([id])`` each).
-        pre: Tokens of context before a target (the window starts at ``ti - pre``).
-        post: Tokens after a target (the window ends at ``ti + post``); at least 1, since
-            the rule looks at the next token.
-
-    Returns:
-        Every match, in text order.
-
-    Raises:
-        MechprobeError: For ``pre < 0`` or ``post < 1``.
-
-    Example:
-        >>> select_targets(["a", " not", " b", " may", " c"], pre=1, post=1).labels.tolist()
-        [1, 0]
-    """
-    if pre < 0:
-        raise MechprobeError(f"context-pre must be >= 0, got {pre}")
-    if post < 1:
-        raise MechprobeError(
-            f"context-post must be >= 1 (the rule reads the next token), got {post}"
-        )
-    positions: list[int] = []
-    labels: list[int] = []
-    for ti in range(pre, len(pieces) - post):
-        label = classify_token(pieces[ti], pieces[ti + 1])
-        if label is not None:
-            positions.append(ti)
-            labels.append(label)
-    return Targets(np.asarray(positions, dtype=np.int64), np.asarray(labels, dtype=np.int8))
 
 
 def first_per_class(
@@ -260,7 +183,7 @@ def prepare_samples(
     unit: str = "token",
     word_token: str = "first",
 ) -> Samples:
-    """Tokenize ``text``, select targets (course rule, or ``classes``) and cut their windows.
+    """Tokenize ``text``, select targets (``classes``, the course's rule by default), cut windows.
 
     Raises:
         MechprobeError: Text too short for one window, or no target of a class.
@@ -274,8 +197,8 @@ def prepare_samples(
         max_samples: Keep the first N targets of each class (text order).
         balance: Subsample every class to the size of the smallest (seeded).
         seed: Seed of ``balance``.
-        classes: A class set (:mod:`mechprobe.corpus.classes`) instead of the course's rule;
-            its negation preset gives the same samples as None.
+        classes: A class set (:mod:`mechprobe.corpus.classes`); None: its negation preset, the
+            course's rule.
         unit: ``"token"`` or ``"word"``, with ``classes`` (see ``ClassSet.select``).
         word_token: ``"first"`` or ``"last"``: where a word's target sits, with ``classes``.
 
@@ -290,10 +213,12 @@ def prepare_samples(
         >>> int(s.positions[-1])
         297
     """
-    from mechprobe.corpus.classes import word_types
+    from mechprobe.corpus.classes import negation_preset, word_types
 
     texts = [text] if isinstance(text, str) else list(text)
-    names: tuple[str, ...] = ("affirmation", "negation") if classes is None else classes.names
+    if classes is None:
+        classes = negation_preset()
+    names = classes.names
     ids: list[int] = []
     pieces: list[str] = []
     found: list[tuple[int, int, Targets, list[str]]] = []  # (document, start, targets, types)
@@ -304,13 +229,8 @@ def prepare_samples(
         if len(d_ids) <= pre + post:
             continue
         d_pieces = decode_pieces(tokenizer, d_ids)
-        if classes is None:
-            t = select_targets(d_pieces, pre, post)
-        else:
-            t = classes.select(d_pieces, pre, post, unit=unit, word_token=word_token)
-        types = word_types(
-            d_pieces, t.positions.tolist(), unit=unit if classes is not None else "token"
-        )
+        t = classes.select(d_pieces, pre, post, unit=unit, word_token=word_token)
+        types = word_types(d_pieces, t.positions.tolist(), unit=unit)
         found.append((d, len(ids), t, types))
         ids += d_ids
         pieces += d_pieces
