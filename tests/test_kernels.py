@@ -229,4 +229,40 @@ def test_a_probe_run_compiles_nothing_and_writes_no_kernel_files(tmp_path, lib):
     assert not calls.exists(), calls.read_text()  # no compiler ran
     made = [p.relative_to(cache) for p in cache.rglob("*")]
     assert not [p for p in made if "kernel" in str(p) or p.suffix in (".so", ".c", ".o")], made
+    manifest = json.loads((tmp_path / "out" / "probe" / "manifest.json").read_text())
+    assert manifest["request"]["solver"]["path"] == "compiled kernels"
 
+
+def test_resume_on_the_torch_path_after_a_kernel_run_reruns_and_says_why(
+    tmp_path, lib, tiny_cli, shared_text, monkeypatch
+):
+    from tests.helpers import run_cli
+
+    args = ("negation", "--model", "tiny-gpt2", "--no-png", "--out", str(tmp_path),
+            "--text", str(shared_text), "--max-samples", "20")  # fmt: skip
+    monkeypatch.delenv(_kernels.ENV, raising=False)
+    _kernels.library.cache_clear()
+    assert run_cli(*args)[0] == 0
+    first = json.loads((tmp_path / "negation" / "manifest.json").read_text())
+    assert first["solver"] == first["request"]["solver"]
+    assert first["solver"]["path"] == "compiled kernels" and first["solver"]["device"] == "cpu"
+    assert first["solver"]["build"]["dispatch"] == lib.DISPATCH
+    assert first["solver"]["dtype"].startswith("float64")
+    monkeypatch.setenv(_kernels.ENV, "0")
+    _kernels.library.cache_clear()
+    try:
+        code, _, err = run_cli(*args, "--resume")
+        assert code == 0, err
+        assert (
+            "[rerun] negation: the probe solver's path changed (compiled kernels -> torch)" in err
+        )
+        second = json.loads((tmp_path / "negation" / "manifest.json").read_text())
+        assert second["solver"] == {"path": "torch", "device": "cpu", "why": "MECHPROBE_KERNELS=0",
+                                    "dtype": "float64 (float32 warm-up passes)"}  # fmt: skip
+        code, _, err = run_cli(*args, "--resume")  # the same path again: reused
+        assert code == 0 and "[reuse] negation" in err
+        page = (tmp_path / "index.html").read_text(encoding="utf-8")
+        assert "negation: probe solver" in page
+        assert "torch (MECHPROBE_KERNELS=0); cpu; float64 (float32 warm-up passes)" in page
+    finally:
+        _kernels.library.cache_clear()
