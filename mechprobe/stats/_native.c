@@ -421,8 +421,10 @@ static const char *dispatched(void)
 #ifndef MECHPROBE_FLAGS
 #define MECHPROBE_FLAGS "unknown"
 #endif
-#ifdef __VERSION__
-#define COMPILER __VERSION__
+#if defined(__clang__)
+#define COMPILER "clang " __clang_version__
+#elif defined(__GNUC__)
+#define COMPILER "GCC " __VERSION__
 #else
 #define COMPILER "unknown"
 #endif
