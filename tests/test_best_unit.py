@@ -67,3 +67,33 @@ def test_the_capture_equals_a_second_pass_exactly(run, tiny_model):
     heat, low, high = cap.unit(col)
     np.testing.assert_array_equal(heat, full[: config.heatmap_windows])
     assert (low, high) == (full.min(), full.max())
+
+
+def test_the_accuracy_rule_still_takes_a_pass_ended_at_its_layer(
+    tiny_model, tiny_reference, shared_text
+):
+    config = NegationConfig(
+        text=str(shared_text), max_samples=30, folds=0, no_controls=True, best_unit="accuracy",
+        components=("mlp",),
+    )  # fmt: skip
+    config = e1.resolve(config, model_shape(tiny_model))
+    assert probe_analysis.HeatCapture.for_probe(config, tiny_model, None) is None
+    result = e1.run(config, tiny_model)
+    samples = take_samples(config, tiny_model.tokenizer)
+    b = result.summary["best_unit"]
+    assert b["rule"] == "accuracy" and b["component"] == "mlp"
+    got = {}
+    hf, _ = tiny_reference
+    fc = hf.transformer.h[b["layer"]].mlp.c_fc
+    handle = fc.register_forward_hook(lambda m, i, o: got.__setitem__("x", o.detach()))
+    rows = np.flatnonzero(samples.labels == 1)
+    try:
+        with torch.no_grad():
+            hf(torch.as_tensor(samples.windows[rows]))
+    finally:
+        handle.remove()
+    unit = got["x"][..., b["unit"]].double().numpy()
+    shown = unit[: config.heatmap_windows, config.context_pre - 5 :]
+    assert_allclose(result.arrays["best_unit_heatmap"], shown, atol=1e-4)
+    scaled = ((shown - unit.min()) / (unit.max() - unit.min())) ** 2
+    assert_allclose(result.arrays["best_unit_heatmap_scaled"], scaled, atol=1e-4)
