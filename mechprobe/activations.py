@@ -191,6 +191,7 @@ def collect_units(
     truncate: bool = True,
     progress: bool | None = None,
     desc: str = "forward",
+    hooks: Sequence[tuple[str, HookFn]] = (),
 ) -> dict[str, Float[Tensor, "batch layer units"]]:
     """Collect flat unit activations at one position per row for several layers.
 
@@ -208,6 +209,8 @@ def collect_units(
         truncate: End each batch at its last kept position (causal models; see `collect`).
         progress: Show a progress bar (default: more than one batch).
         desc: Progress bar label.
+        hooks: Further hooks ``(name, fn)`` that see whole activations (every position; the
+            rows are then not truncated), e.g. to read one layer at every position on the way.
 
     Returns:
         ``{component: [batch, layer, units]}`` float32 tensors on the CPU.
@@ -230,12 +233,13 @@ def collect_units(
         truncate=truncate,
         progress=progress,
         desc=desc,
+        hooks=hooks,
     )
     result = {}
     for c in components:
         per_layer = []
         for L in layers:
-            hooks = unit_hook_names([L], c)
-            per_layer.append(torch.cat([flat.pop(h) for h in hooks], dim=-1))
+            at_layer = unit_hook_names([L], c)
+            per_layer.append(torch.cat([flat.pop(h) for h in at_layer], dim=-1))
         result[c] = torch.stack(per_layer, dim=1)
     return result

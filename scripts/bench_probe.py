@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     n, m = x.shape
 
     load_start = os.getloadavg()  # other processes' load skews both timings
-    fit_logistic(x[:, : min(m, 256)], y)  # warm-up (and the kernels' first build)
+    fit_logistic(x[:, : min(m, 256)], y)  # warm-up
     lib = _kernels.library()
     fit, t_fast, c_fast, t_median = timed(x, y, args.repeats, args.chunk_size)
     os.environ[_kernels.ENV] = "0"  # the same solver without its compiled kernels
@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> None:
         ),
         (
             "  its kernels",
-            f"compiled C ({lib._name})" if lib is not None else "none (no C compiler): torch code",
+            f"C extension {lib.__name__} ({lib.COMPILER}, {lib.FLAGS}, dispatch {lib.DISPATCH})"
+            if lib is not None
+            else "none (the C extension is not built): torch code",
         ),
         (
             "  without them",

@@ -35,7 +35,8 @@ def analyse(config: Any, model: Model, samples: ProbeSamples) -> ExperimentResul
     def groups_of(fam: str, width: int) -> dict[str, slice]:
         return layout.groups(fam, width) if fam == "qkv" else {fam: slice(0, width)}
 
-    acts, stored, config = _collect(config, model, samples, len(pairs), groups_of, timing)
+    heat = HeatCapture.for_probe(config, model, samples)
+    acts, stored, config = _collect(config, model, samples, len(pairs), groups_of, timing, heat)
     t0 = time.perf_counter()
     folds, heldout_note, config = _heldout_folds(config, samples)
     control, shuffled = _control_labels(config, samples)
@@ -61,7 +62,15 @@ def analyse(config: Any, model: Model, samples: ProbeSamples) -> ExperimentResul
         else lambda fam, row, unit: acts[fam][:, row, unit].double().numpy()
     )
     best = best_unit_details(
-        config, model, samples, column, fits, list(config.layers), arrays, scale_all=stored is None
+        config,
+        model,
+        samples,
+        column,
+        fits,
+        list(config.layers),
+        arrays,
+        scale_all=stored is None,
+        captured=heat if stored is None else None,
     )
     timing["best_unit"] = time.perf_counter() - t0
     summary = _summary(config, model, samples, pairs, tables, best, timing)
@@ -84,11 +93,14 @@ def _collect(
     n_pairs: int,
     groups_of: Callable[[str, int], dict[str, slice]],
     timing: dict[str, float],
+    heat: HeatCapture | None = None,
 ) -> tuple[dict[str, Any], Any, Any]:
     """The units at every sample (and the embedding for the lexical baseline), or a store run.
 
     Returns ``(activations by family, the store's results or None, the config)``; a store run
-    turns the held-out statistics and controls off in the config it returns.
+    turns the held-out statistics and controls off in the config it returns. With ``heat``, the
+    windows of the last class go through the model in a pass of their own, which also fills
+    ``heat`` (see `HeatCapture`).
     """
     from mechprobe.activations import collect, collect_units
     from mechprobe.hooks import EMBED
@@ -100,7 +112,7 @@ def _collect(
 
         stored = store_results(config, model, samples, n_pairs, groups_of, timing)
         config = replace(config, folds=0, no_controls=True)  # not computed from a store
-    else:
+    elif heat is None:
         acts = collect_units(
             model,
             samples.windows,
@@ -109,6 +121,8 @@ def _collect(
             config.components,
             batch_size=config.batch_size,
         )
+    else:
+        acts = heat.collect_units(model, samples, config)
     if not config.no_controls:
         embed = collect(model, samples.windows, [EMBED], positions=pre, progress=False)[EMBED]
         acts["embed"] = embed[:, None, :]
@@ -369,6 +383,7 @@ def best_unit_details(
     arrays: dict[str, np.ndarray],
     *,
     scale_all: bool = True,
+    captured: HeatCapture | None = None,
 ) -> dict[str, Any] | None:
     """The best unit (course rule or accuracy rule), its probabilities and token heatmap.
 
@@ -379,12 +394,13 @@ def best_unit_details(
     ``heatmap_windows`` windows of the last class) and ``best_unit_heatmap_scaled`` (the
     course's colouring: min-max over every window of that class and position, squared; with
     ``scale_all`` False over the shown windows only, so that a store run does not take a second
-    forward pass over a whole class).
+    forward pass over a whole class). Where ``captured`` (filled by the main forward pass) holds
+    the best unit's layer, the heatmap comes from it; otherwise a forward pass over the class's
+    windows, ended at the unit's layer, computes it.
     """
-    from mechprobe.activations import collect
     from mechprobe.hooks import hook_name
     from mechprobe.stats.probe import best_unit, course_best_unit
-    from mechprobe.units import heads_to_units, layout_of
+    from mechprobe.units import layout_of
 
     rule, found = config.best_unit, None
     if rule == "course":
@@ -418,28 +434,14 @@ def best_unit_details(
         )
     last = len(samples.names) - 1
     rows = np.flatnonzero(samples.labels == last)
-    if not scale_all:
-        rows = rows[: config.heatmap_windows]
-
-    def pick(name: str, t: Any) -> Any:
-        return (heads_to_units(t) if t.ndim == 4 else t)[..., col]
-
-    heat = (
-        collect(
-            model,
-            samples.windows[rows],
-            [hook],
-            batch_size=config.batch_size,
-            transform=pick,
-            progress=False,
-        )[hook]
-        .double()
-        .numpy()
-    )
-    lo, hi = max(0, pre - 5), samples.windows.shape[1] - 1
-    low, high = heat.min(), heat.max()
-    scaled = (heat - low) / (high - low) if high > low else np.zeros_like(heat)
     shown = rows[: config.heatmap_windows]
+    if captured is not None and captured.hook == hook:
+        heat, low, high = captured.unit(col)
+    else:
+        heat = _unit_pass(config, model, samples, rows if scale_all else shown, hook, col)
+        low, high = heat.min(), heat.max()
+    lo, hi = max(0, pre - 5), samples.windows.shape[1] - 1
+    scaled = (heat - low) / (high - low) if high > low else np.zeros_like(heat)
     arrays["best_unit_heatmap"] = heat[: len(shown), lo : hi + 1]
     arrays["best_unit_heatmap_scaled"] = scaled[: len(shown), lo : hi + 1] ** 2
     decode = model.tokenizer.decode
@@ -463,3 +465,122 @@ def best_unit_details(
             [decode([int(t)]) for t in samples.windows[r, lo : hi + 1]] for r in shown
         ],
     }
+
+
+def _unit_pass(
+    config: Any, model: Model, samples: ProbeSamples, rows: np.ndarray, hook: str, col: int
+) -> np.ndarray:
+    """One unit's activations at every position of the windows ``rows`` (float64).
+
+    The forward pass ends at the unit's layer (`mechprobe.activations.collect`).
+    """
+    from mechprobe.activations import collect
+    from mechprobe.units import heads_to_units
+
+    def pick(name: str, t: Any) -> Any:
+        return (heads_to_units(t) if t.ndim == 4 else t)[..., col]
+
+    got = collect(
+        model,
+        samples.windows[rows],
+        [hook],
+        batch_size=config.batch_size,
+        transform=pick,
+        progress=False,
+    )[hook]
+    return got.double().numpy()
+
+
+class HeatCapture:
+    """The course's best-unit heatmap, read on the way by the probe's main forward pass.
+
+    The course's best unit is an MLP unit of the detail layer, and its heatmap needs that unit's
+    activation at every position of every window of the last class (the colour scale) and of
+    the first ``shown`` of them (the picture). Rather than a second forward pass over the class
+    once the unit is known, the main pass runs the last class's windows whole (every position,
+    in batches of their own) and this hook keeps, for every unit of that layer, the minimum and
+    maximum over them and every position, and the first ``shown`` windows in full; the values
+    are those the second pass would compute (the same batches through the same model).
+
+    Attributes:
+        hook: The hook read (the detail layer's MLP units).
+        shown: Windows kept in full.
+
+    Example:
+        >>> import torch
+        >>> cap = HeatCapture("blocks.0.mlp.hook_pre", shown=1)
+        >>> _ = cap(torch.tensor([[[1.0, 5.0], [2.0, -1.0]], [[0.0, 9.0], [3.0, 4.0]]]), None)
+        >>> heat, low, high = cap.unit(1)
+        >>> heat.tolist(), low, high
+        ([[5.0, -1.0]], -1.0, 9.0)
+    """
+
+    def __init__(self, hook: str, shown: int) -> None:
+        self.hook, self.shown = hook, shown
+        self._rows: list[Any] = []
+        self._kept = 0
+        self._low: Any = None
+        self._high: Any = None
+
+    @classmethod
+    def for_probe(cls, config: Any, model: Model, samples: ProbeSamples) -> HeatCapture | None:
+        """The capture a probe run needs (None: not the course's rule, or no MLP at the layer)."""
+        from mechprobe.hooks import UNIT_POINTS, hook_name
+
+        if config.best_unit != "course" or config.store or "mlp" not in config.components:
+            return None
+        if (
+            config.detail_layer not in config.layers
+            or not (samples.labels == len(samples.names) - 1).any()
+        ):
+            return None
+        return cls(hook_name(config.detail_layer, UNIT_POINTS["mlp"][0]), config.heatmap_windows)
+
+    def __call__(self, act: Any, hook: Any) -> Any:
+        """The hook: reads a batch's activations ``[batch, pos, units]``, returns them unchanged."""
+        import torch
+
+        a = act.detach()
+        low, high = a.amin(dim=(0, 1)).cpu(), a.amax(dim=(0, 1)).cpu()
+        self._low = low if self._low is None else torch.minimum(self._low, low)
+        self._high = high if self._high is None else torch.maximum(self._high, high)
+        if self._kept < self.shown:
+            keep = a[: self.shown - self._kept].to("cpu", copy=True)
+            self._rows.append(keep)
+            self._kept += keep.shape[0]
+        return act
+
+    def unit(self, col: int) -> tuple[np.ndarray, float, float]:
+        """Unit ``col`` over the shown windows ``[shown, pos]``, its min and max (float64)."""
+        import torch
+
+        heat = torch.cat(self._rows)[..., col].double().numpy()
+        return heat, float(self._low[col].double()), float(self._high[col].double())
+
+    def collect_units(self, model: Model, samples: ProbeSamples, config: Any) -> dict[str, Any]:
+        """`mechprobe.activations.collect_units` over every window, the last class's apart."""
+        import torch
+
+        from mechprobe.activations import collect_units
+
+        last = samples.labels == len(samples.names) - 1
+        parts = [(np.flatnonzero(~last), ()), (np.flatnonzero(last), ((self.hook, self),))]
+        acts: dict[str, Any] = {}
+        for rows, hooks in parts:
+            if not rows.size:
+                continue
+            got = collect_units(
+                model,
+                samples.windows[rows],
+                config.context_pre,
+                list(config.layers),
+                config.components,
+                batch_size=config.batch_size,
+                hooks=hooks,
+            )
+            index = torch.from_numpy(rows)
+            for fam, t in got.items():
+                if fam not in acts:
+                    acts[fam] = t.new_empty((len(last), *t.shape[1:]))
+                acts[fam][index] = t
+        return acts

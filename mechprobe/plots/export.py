@@ -2,16 +2,19 @@
 
 PNG export goes through kaleido, which drives Chromium; all PNGs of one call are rendered in one
 batch (starting the browser costs a few seconds, each further figure a fraction of a second).
-Every file is written atomically.
+Inside `png_session` (the runner holds one for a whole run) every call renders in the same
+browser, started once. Every file is written atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,17 +83,86 @@ def save_figures(
     return written
 
 
+#: Seconds a batch of PNGs may take in a session's browser (plus this much per figure) before
+#: the session is given up and the batch is rendered again, each figure in a browser of its own.
+SESSION_TIMEOUT_S = 60.0
+_session = {"open": False}
+
+
+@contextlib.contextmanager
+def png_session(png: bool | None = None) -> Iterator[bool]:
+    """One headless browser for every PNG exported inside (kaleido's sync server).
+
+    Without it each `save_figures` call starts and stops Chromium (a few seconds). Nested
+    sessions share the outer one; where no browser is found (`png_available`) or ``png`` is
+    False nothing starts. Yields whether a session is open.
+
+    Example:
+        >>> with png_session(png=False) as open_:
+        ...     open_
+        False
+    """
+    if _session["open"] or png is False or not png_available():
+        yield _session["open"]
+        return
+    import kaleido
+
+    try:
+        kaleido.start_sync_server(silence_warnings=True)
+    except Exception as exc:  # a browser that cannot start: each call starts its own
+        log.warning("PNG session not started (%s)", type(exc).__name__)
+        yield False
+        return
+    _session["open"] = True
+    try:
+        yield True
+    finally:
+        _end_session()
+
+
+def _end_session() -> None:
+    import kaleido
+
+    if _session["open"]:
+        _session["open"] = False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            kaleido.stop_sync_server(silence_warnings=True)
+
+
 def _render_pngs(figs: list[go.Figure], paths: list[Path]) -> None:
     import plotly.io as pio
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pio.write_images(
-            figs,
-            [str(p) for p in paths],
-            width=[f.layout.width or 1000 for f in figs],
-            height=[f.layout.height or 600 for f in figs],
-        )
+    def render() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pio.write_images(
+                figs,
+                [str(p) for p in paths],
+                width=[f.layout.width or 1000 for f in figs],
+                height=[f.layout.height or 600 for f in figs],
+            )
+
+    if not _session["open"]:
+        render()
+        return
+    # kaleido's server waits without a limit: a browser that died must not hang the run
+    failed: list[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            render()
+        except BaseException as exc:
+            failed.append(exc)
+
+    worker = threading.Thread(target=guarded, daemon=True)
+    worker.start()
+    worker.join(SESSION_TIMEOUT_S * (1 + len(figs)))
+    if worker.is_alive():
+        _end_session()
+        raise TimeoutError("the PNG session's browser did not answer")
+    if failed:
+        raise failed[0]
 
 
 def _write_pngs(figures: Mapping[str, go.Figure], out: Path) -> list[Path]:

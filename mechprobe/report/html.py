@@ -182,6 +182,20 @@ def _overview(steps: Mapping[str, tuple[str, Path]]) -> str:
     return "<h2 id='findings'>Findings</h2><table>" + head + "".join(rows) + "</table>"
 
 
+def solver_text(solver: Mapping[str, Any]) -> str:
+    """A manifest's probe solver entry in one line, as the report's provenance shows it.
+
+    Example:
+        >>> solver_text({"path": "torch", "device": "cpu", "dtype": "float64", "why": "X=0"})
+        'torch (X=0); cpu; float64'
+    """
+    build = solver.get("build") or {}
+    how = ", ".join(str(build[k]) for k in ("compiler", "flags", "dispatch") if build.get(k))
+    how = how or solver.get("why", "")
+    path = f"{solver.get('path')} ({how})" if how else str(solver.get("path"))
+    return "; ".join([path, *(str(solver[k]) for k in ("device", "dtype") if solver.get(k))])
+
+
 def _provenance(manifests: Mapping[str, Mapping[str, Any]]) -> str:
     models = {json.dumps(m["model"], sort_keys=True): m["model"] for m in manifests.values()}
     rows = []
@@ -192,6 +206,10 @@ def _provenance(manifests: Mapping[str, Mapping[str, Any]]) -> str:
     for name, m in manifests.items():
         for key, digest in m.get("inputs", {}).items():
             rows.append((f"{name}: {key} sha256", digest))
+        if (m.get("request") or {}).get("device"):
+            rows.append((f"{name}: device", m["request"]["device"]))
+        if m.get("solver"):
+            rows.append((f"{name}: probe solver", solver_text(m["solver"])))
     latest = max(manifests.values(), key=lambda m: m.get("finished", ""))
     rows += sorted(latest.get("versions", {}).items())
     rows += sorted(latest.get("environment", {}).items())

@@ -106,6 +106,7 @@ def step_manifest(run: Execution, request: dict[str, Any], command: str) -> dict
         "model_shape": run.model_shape,
         "config": dataclasses.asdict(run.config),
         "inputs": request["inputs"],
+        **({"solver": request["solver"]} if "solver" in request else {}),
         "versions": package_versions(),
         "environment": environment(),
         "command": command,

@@ -3,9 +3,10 @@
 A manifest records the model (name, source, weights sha256), the full resolved config, the sha256
 of every input, mechprobe's and the packages' versions, start and end time, wall time, peak
 memory and the sha256 of every result file. Its ``request`` part is what a new run is compared
-with: the model's identity, the config as asked for, the inputs' sha256, the device type and the
-versions of the packages that produce the numbers. `mismatch` says in one line why a step cannot
-be reused.
+with: the model's identity, the config as asked for, the inputs' sha256, the device type, the
+versions of the packages that produce the numbers and, for the steps that fit probes, the probe
+solver's path (compiled kernels and their build, or torch). `mismatch` says in one line why a
+step cannot be reused.
 
 Example:
     >>> old = {"request": {"model": {"name": "a"}, "config": {"layer": 3}}}
@@ -26,6 +27,9 @@ from typing import Any
 FORMAT = 1
 #: Packages whose versions are part of a request (they produce the numbers).
 NUMERIC_PACKAGES = ("mechprobe", "torch", "transformers", "transformer-lens", "numpy", "scipy")
+#: Steps that fit probes: their request also names the probe solver's path
+#: (`mechprobe.stats._kernels.solver_path`: compiled kernels and their build, or torch).
+SOLVER_STEPS = ("probe", "negation")
 #: Packages recorded for provenance.
 PACKAGES = (
     *NUMERIC_PACKAGES,
@@ -75,11 +79,16 @@ def request(
 ) -> dict[str, Any]:
     """The part of a manifest a new run must match exactly to reuse the step.
 
+    A step that fits probes (`SOLVER_STEPS`) also records the solver's path, device and dtype
+    (the probe fits run on the CPU, on activations copied there).
+
     Example:
         >>> sorted(request("heads", {"model": "tiny-gpt2"}, {}, {}, "cpu"))
         ['config', 'device', 'inputs', 'model', 'step', 'versions']
+        >>> request("probe", {}, {}, {}, "cpu")["solver"]["path"] in ("compiled kernels", "torch")
+        True
     """
-    return {
+    out = {
         "step": step,
         "model": model,
         "config": _plain(config),
@@ -87,6 +96,11 @@ def request(
         "device": device,
         "versions": package_versions(NUMERIC_PACKAGES),
     }
+    if step in SOLVER_STEPS:
+        from mechprobe.stats._kernels import solver_path
+
+        out["solver"] = solver_path("cpu")
+    return out
 
 
 def _plain(value: Any) -> Any:
@@ -131,6 +145,12 @@ def mismatch(manifest: dict[str, Any] | None, new_request: dict[str, Any]) -> st
         return "no complete earlier result"
     if manifest.get("format") not in (None, FORMAT) or "request" not in manifest:
         return "the earlier result's manifest is of another format"
+    old_path = (manifest["request"].get("solver") or {}).get("path")
+    new_path = (new_request.get("solver") or {}).get("path")
+    if old_path != new_path:  # the most telling difference first
+        if old_path is None:
+            return f"the earlier result does not name the probe solver's path (now {new_path})"
+        return f"the probe solver's path changed ({old_path} -> {new_path})"
     return _diff(_by_content(manifest["request"]), _by_content(_plain(new_request)), "")
 
 

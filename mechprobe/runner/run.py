@@ -168,6 +168,7 @@ def run_steps(request: RunRequest, *, log: Callable[[str], None] = _log) -> RunO
     """
     from mechprobe.io import recover_directories
     from mechprobe.models.source import resolve_model
+    from mechprobe.plots.export import png_session
     from mechprobe.runner.lock import out_lock
     from mechprobe.runner.manifest import mismatch, read_manifest
     from mechprobe.runner.manifest import request as make_request
@@ -208,19 +209,20 @@ def run_steps(request: RunRequest, *, log: Callable[[str], None] = _log) -> RunO
             model, reference, loaded_shape = _load(request, source, todo, outcome, log)
             if resolved is None:
                 resolved = resolve_steps(request.steps, loaded_shape)
-            for i, step in enumerate(todo, 1):
-                name = step.spec.name
-                log(f"[{i}/{len(todo)}] {name}")
-                outcome.steps[name] = _run_one(
-                    out,
-                    step,
-                    resolved[name],
-                    (model, reference, data[name]),
-                    requests[name],
-                    request,
-                )
-                outcome.timings[name] = outcome.steps[name].manifest["wall_s"]
-                log(f"[{i}/{len(todo)}] {name}: done in {outcome.timings[name]:.1f} s")
+            with png_session(request.png):  # one browser for all the run's PNGs
+                for i, step in enumerate(todo, 1):
+                    name = step.spec.name
+                    log(f"[{i}/{len(todo)}] {name}")
+                    outcome.steps[name] = _run_one(
+                        out,
+                        step,
+                        resolved[name],
+                        (model, reference, data[name]),
+                        requests[name],
+                        request,
+                    )
+                    outcome.timings[name] = outcome.steps[name].manifest["wall_s"]
+                    log(f"[{i}/{len(todo)}] {name}: done in {outcome.timings[name]:.1f} s")
         outcome.steps = {s.spec.name: outcome.steps[s.spec.name] for s in request.steps}
         from mechprobe.report import build_report
 

@@ -208,10 +208,9 @@ def _load(
     if lib is not None:  # the same, fused (mechprobe.stats._kernels), the chunk in one call
         if x.dtype not in (torch.float32, torch.float64) or x.device != device or x.stride(1) != 1:
             x = x.to(device=device, dtype=torch.float64).contiguous()
-        prepare = lib.prepare64 if x.dtype == torch.float64 else lib.prepare32
         order = order.to(device=device, dtype=torch.int64).contiguous()
-        prepare(x.data_ptr(), x.stride(0), _kernels.ptr(order), n, c, n1, _kernels.ptr(xs),
-                _kernels.ptr(xs32), _kernels.ptr(stats), c)  # fmt: skip
+        arr = _kernels.array
+        lib.prepare(arr(x), arr(order), n1, arr(xs), arr(xs32), arr(stats))
         return xs, xs32, stats.numpy()
     classes = (slice(0, n1), slice(n1, n)) if 0 < n1 < n else (slice(0, n), slice(0, n))
     block = max(1, BLOCK_ELEMENTS // n) if device.type == "cpu" else c
@@ -248,8 +247,7 @@ def _correct(xs: Rows, a: UnitFloats, b: UnitFloats, n1: int) -> Int[np.ndarray,
     if lib is not None:  # the same count, fused (mechprobe.stats._kernels)
         count: np.ndarray = np.empty(r, dtype=np.int64)
         thr = np.ascontiguousarray(thr, dtype=np.float64)
-        xs = xs.contiguous()
-        lib.count_above(_kernels.ptr(xs), r, n, n1, _kernels.ptr(thr), _kernels.ptr(count))
+        lib.count_above(_kernels.array(xs.contiguous()), n1, thr, count)
         return np.where(b < 0, 2 * n1 - n - count, count)
     thr_t = torch.from_numpy(thr).to(xs)[:, None]
     sign = torch.where(torch.arange(n, device=xs.device) < n1, 1.0, -1.0).to(xs)

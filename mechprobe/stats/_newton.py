@@ -13,7 +13,8 @@ solver="newton-cholesky")`` 1.5-1.8 ms; no library batches many independent logi
 Written as array operations over all units, the same Newton iterations take 0.17-0.25 s for
 the 20,000 units with torch operations on blocks of rows that stay in cache (the code below;
 about 5.4 ns of CPU time per sample and unit for a float64 pass), and well under 0.1 s where
-a C compiler builds the fused kernels of :mod:`mechprobe.stats._kernels` (1.7-2.1 ns), which
+the fused kernels of :mod:`mechprobe.stats._kernels` (a C extension built at install time;
+1.7-2.1 ns) are installed, which
 :func:`_sums` and the data preparation in :mod:`mechprobe.stats._chunks` then call instead
 (``scripts/bench_probe.py`` prints both). The rest of this module keeps the number of passes
 down:
@@ -325,9 +326,8 @@ def _sums(xs: Rows, a: UnitFloats, b: UnitFloats, *, third: bool) -> Float[np.nd
     if lib is not None:  # the same sums, fused (mechprobe.stats._kernels)
         out = np.full((xs.shape[0], 9), np.nan)
         a, b = np.ascontiguousarray(a, np.float64), np.ascontiguousarray(b, np.float64)
-        kernel = lib.sums64 if xs.dtype == torch.float64 else lib.sums32
-        xs = xs.contiguous()  # (float64 passes give all nine sums, float32 ones five)
-        kernel(_kernels.ptr(xs), *xs.shape, _kernels.ptr(a), _kernels.ptr(b), _kernels.ptr(out))
+        # (float64 passes give all nine sums, float32 ones five)
+        lib.sums(_kernels.array(xs.contiguous()), a, b, out)
         return out
     dev, dt = xs.device, xs.dtype
     r, n = xs.shape

@@ -159,8 +159,8 @@ def fit_logistic(
             worker threads, each running single-threaded torch operations (torch's
             thread setting is set to 1 for the duration of the call and then restored):
             per-operation intra-op parallelism gains little on block-sized operations
-            and stalls badly when the machine is busy. Where a C compiler is found, the
-            passes over the data run in fused compiled kernels instead
+            and stalls badly when the machine is busy. Where the C extension was built at
+            install time, the passes over the data run in its fused kernels instead
             (:mod:`mechprobe.stats._kernels`; same results to float64 rounding;
             ``MECHPROBE_KERNELS=0`` turns them off).
 
