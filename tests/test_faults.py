@@ -500,11 +500,11 @@ def test_a_catastrophic_class_regex_is_refused_at_load_naming_the_class(
 
 
 def test_a_class_regex_that_runs_too_long_on_a_word_is_one_line(tmp_path, tiny_cli, monkeypatch):
-    import mechprobe.corpus.classes as classes_mod
+    import mechprobe.corpus.bounded_regex as bounded
     from tests.helpers import run_cli
 
-    monkeypatch.setattr(classes_mod, "_check_backtracking", lambda *a: None)  # past the check
-    monkeypatch.setattr(classes_mod, "REGEX_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(bounded, "check_backtracking", lambda *a: None)  # past the check
+    monkeypatch.setattr(bounded, "REGEX_TIMEOUT_S", 0.2)
     classes = tmp_path / "c.toml"
     classes.write_text(
         '[[class]]\nname = "plain"\nwords = ["is"]\n'

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from mechprobe.corpus import bounded_regex
 from mechprobe.corpus.targets import Targets
 from mechprobe.errors import MechprobeError
 
@@ -37,53 +38,6 @@ NEGATION_PRESET = "classes_negation.toml"
 APOSTROPHES = frozenset("'\u2019")
 
 _KEYS = ("name", "words", "contains", "regex", "next_not", "next_starts_with_space")
-
-
-#: Longest time one regex match may take (the ``regex`` package's timeout), in seconds.
-REGEX_TIMEOUT_S = 1.0
-#: Time a regex may take on each adversarial text at load time (`_check_backtracking`).
-REGEX_CHECK_S = 0.25
-
-
-def _bounded(pattern: re.Pattern[str]) -> Any:
-    """The pattern compiled by the ``regex`` package (which takes a timeout), else as it is.
-
-    ``regex`` (a dependency of transformers) in its ``V0`` mode matches as ``re`` does.
-    """
-    try:
-        import regex
-    except ImportError:  # pragma: no cover - transformers depends on it
-        return pattern
-    try:
-        return regex.compile(pattern.pattern, flags=regex.V0)
-    except regex.error:  # pragma: no cover - valid for re, so valid for regex V0
-        return pattern
-
-
-def _fullmatch(pattern: Any, text: str, timeout: float) -> bool:
-    if isinstance(pattern, re.Pattern):
-        return pattern.fullmatch(text) is not None
-    return pattern.fullmatch(text, timeout=timeout) is not None
-
-
-def _check_backtracking(name: str, source: str, pattern: Any) -> None:
-    """Refuse, at load time, a regex that backtracks catastrophically on a short word.
-
-    Each of a few adversarial texts (36 repeats of one character then ``!``) must be matched
-    within `REGEX_CHECK_S`; a pattern such as ``(a+)+`` is not.
-    """
-    if isinstance(pattern, re.Pattern):
-        return
-    chars = dict.fromkeys([*(c.lower() for c in source if c.isalnum()), "a", "e", "0", " "])
-    for char in list(chars)[:12]:
-        text = char * 36 + "!"
-        try:
-            _fullmatch(pattern, text, REGEX_CHECK_S)
-        except TimeoutError:
-            raise MechprobeError(
-                f"class {name!r}: the regex {source!r} backtracks catastrophically (over "
-                f"{REGEX_CHECK_S:g} s on {text!r}); simplify it (e.g. no nested quantifiers)"
-            ) from None
 
 
 @dataclass(frozen=True)
@@ -121,28 +75,19 @@ class ClassRule:
         except re.error as exc:
             raise MechprobeError(f"class {self.name!r}: bad regex {self.regex!r}: {exc}") from None
         if pattern is not None:
-            pattern = _bounded(pattern)
-            _check_backtracking(self.name, self.regex or "", pattern)
+            pattern = bounded_regex.compile_bounded(self.name, pattern)
         object.__setattr__(self, "_pattern", pattern)
 
     def matches_text(self, tok: str) -> bool:
         """Whether the stripped, lower-cased ``tok`` meets words / contains / regex.
 
         Raises:
-            MechprobeError: The regex ran over `REGEX_TIMEOUT_S` on ``tok`` (the class named).
+            MechprobeError: The regex ran over its time bound on ``tok`` (the class named;
+                `mechprobe.corpus.bounded_regex`).
         """
         if tok in self.words or any(c in tok for c in self.contains):
             return True
-        if self._pattern is None:
-            return False
-        try:
-            return _fullmatch(self._pattern, tok, REGEX_TIMEOUT_S)
-        except TimeoutError:
-            raise MechprobeError(
-                f"class {self.name!r}: the regex {self.regex!r} ran over {REGEX_TIMEOUT_S:g} s on "
-                f"a {len(tok)}-character text {tok[:24]!r}...: catastrophic backtracking; "
-                "simplify it (e.g. no nested quantifiers)"
-            ) from None
+        return self._pattern is not None and bounded_regex.fullmatch(self.name, self._pattern, tok)
 
     def next_ok(self, next_piece: str) -> bool:
         """Whether the raw text of the following token meets the next-token conditions."""

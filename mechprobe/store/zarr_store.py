@@ -13,7 +13,7 @@ was collected; its arrays are:
   ``sum (x - mean)(y - ybar)``; see `mechprobe.stats.score.ScoreAccumulator`), one chunk a block;
 * ``windows`` (int32 token ids), ``labels`` (int8), ``positions`` (int64);
 * ``checksums``: one sha256 a window block, of its activations and score state, written before
-  its done flag and checked when the store is reused (`ActivationStore.verify`);
+  its done flag and checked when the store is reused (`mechprobe.store.verify`);
 * ``done``: one flag a window block, written after the block's other arrays.
 
 A block's regions are disjoint from every other block's, so blocks can be written in any order
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -49,8 +48,6 @@ FIT_BYTES = 1 << 27
 MIN_UNIT_CHUNK, MAX_UNIT_CHUNK = 16, 4096
 #: Window blocks of score state read at a time.
 SCORE_READ_BLOCKS = 64
-#: The array of per-block sha256 digests (of the block's activations and score state).
-CHECKSUMS = "checksums"
 
 
 def default_unit_chunk(n_windows: int) -> int:
@@ -195,7 +192,9 @@ class ActivationStore:
             )
             arr[...] = data
         group.create_array("done", shape=(n_blocks,), chunks=(1,), dtype="bool", fill_value=False)
-        _create_checksums(group, n_blocks)
+        from mechprobe.store.verify import create_checksums
+
+        create_checksums(group, n_blocks)
         group.attrs["manifest"] = manifest  # last: a store without a manifest is incomplete
         return cls(group, url)
 
@@ -365,94 +364,17 @@ class ActivationStore:
                 self.group[f"score/{fam}/{layer}"][b] = state
                 digest.update(part.tobytes())
                 digest.update(np.ascontiguousarray(state).tobytes())
-        self.group[CHECKSUMS][b] = np.frombuffer(digest.digest(), dtype=np.uint8)
+        self.group["checksums"][b] = np.frombuffer(digest.digest(), dtype=np.uint8)
         failpoint(f"store:block{b}")  # crash tests: the block written, not yet marked done
         self.group["done"][b] = True
 
     # ---------------------------------------------------------------- verifying
 
-    def block_digest(self, b: int) -> bytes:
-        """The sha256 of block ``b`` as stored: every (family, layer)'s activations and state.
-
-        Raises:
-            Exception: Whatever zarr raises for a chunk it cannot decode (a truncated shard).
-        """
-        rows, digest = self.block_rows(b), hashlib.sha256()
-        for fam in self.widths:
-            for layer in self.layers:
-                part = np.ascontiguousarray(self.array(fam, layer)[rows], dtype=np.float32)
-                state = self.group[f"score/{fam}/{layer}"][b]
-                digest.update(part.tobytes())
-                digest.update(np.ascontiguousarray(state, dtype=np.float64).tobytes())
-        return digest.digest()
-
     def verify(self, log: Any = None) -> list[int]:
-        """Check every done block against its checksum; mark a bad one not done; return them.
+        """Check every done block against its checksum (`mechprobe.store.verify.verify_store`)."""
+        from mechprobe.store.verify import verify_store
 
-        A block whose data changed, or whose chunk is missing (it reads as the fill value) or
-        cannot be decoded, is collected again by the next `collect_to_store`; one line per store
-        says which. A store from before checksums has every block collected again. The stored
-        windows and labels must match the manifest's sha256, else the store is refused. The
-        cost: the whole store is read once (sha256, ~1.5 GB/s a core) each time it is reused.
-
-        Args:
-            log: Where the line goes (default: stderr).
-
-        Raises:
-            MechprobeError: The stored windows or labels differ from the manifest (one line).
-        """
-        say = log or (lambda m: print(m, file=sys.stderr, flush=True))
-        for name in ("windows", "labels"):
-            dtype = np.int32 if name == "windows" else np.int8
-            if _sha256(np.asarray(self.group[name][...], dtype=dtype)) != self.manifest.get(
-                f"{name}_sha256"
-            ):
-                raise MechprobeError(
-                    f"{self.url}: the store's {name} differ from their checksum (damaged); "
-                    "remove it or give another path"
-                )
-        if CHECKSUMS not in set(self.group.array_keys()):
-            _create_checksums(self.group, self.n_blocks)
-            bad = [int(b) for b in np.flatnonzero(self.done())]
-            why = "written before block checksums"
-        else:
-            bad, why = self._damaged(), "damaged or missing, their data differ from the checksums"
-        if bad:
-            self.group["done"][np.asarray(bad)] = False
-            for b in bad:
-                self._clear_block(b)
-            say(
-                f"[store] {self.url}: {len(bad)} of {self.n_blocks} blocks {why} "
-                f"(blocks {bad[:8]}{', ...' if len(bad) > 8 else ''}): collecting them again"
-            )
-        return bad
-
-    def _clear_block(self, b: int) -> None:
-        """Delete block ``b``'s chunk objects: a damaged shard is written anew, not merged."""
-        from zarr.core.sync import sync
-
-        arrays = [
-            (arr, n_cols)
-            for fam in self.widths
-            for layer in self.layers
-            for arr in (self.array(fam, layer), self.group[f"score/{fam}/{layer}"])
-            for n_cols in [-(-arr.shape[-1] // (arr.shards or arr.chunks)[-1])]
-        ]
-        for arr, n_cols in arrays:
-            for j in range(n_cols):
-                coords = (b, j) if arr.ndim == 2 else (b, 0, j)
-                sync((arr.store_path / arr.metadata.encode_chunk_key(coords)).delete())
-
-    def _damaged(self) -> list[int]:
-        sums, bad = self.group[CHECKSUMS][...], []
-        for b in np.flatnonzero(self.done()):
-            try:
-                same = self.block_digest(int(b)) == bytes(sums[b])
-            except Exception:  # a chunk zarr cannot decode (e.g. a truncated shard)
-                same = False
-            if not same:
-                bad.append(int(b))
-        return bad
+        return verify_store(self, log)
 
     # ---------------------------------------------------------------- the score test
 
@@ -473,11 +395,6 @@ class ActivationStore:
                     yield state, len(y), [int((y == c).sum()) for c in self.contrasts]
 
         return merge_states(blocks(), len(self.contrasts))
-
-
-def _create_checksums(group: Any, n_blocks: int) -> None:
-    """The ``checksums`` array: one sha256 (32 bytes) a block, zero until it is written."""
-    group.create_array(CHECKSUMS, shape=(n_blocks, 32), chunks=(1, 32), dtype="uint8", fill_value=0)
 
 
 def _existing(url: str) -> Any | None:
