@@ -41,7 +41,7 @@ def show(fig):
 
     In Jupyter, ``fig.show()`` does the same.
     """
-    fig.update_layout(width=None, autosize=True)
+    fig.update_layout(width=None, height=fig.layout.height or 450, autosize=True)
     html = pio.to_html(fig, include_plotlyjs=False, full_html=False, config={"responsive": True})
     return HTML(html)
 
