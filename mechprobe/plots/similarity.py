@@ -24,6 +24,8 @@ POSITION_LABELS = {"target": "target", "nontarget": "non-target"}
 LOG_FLOOR = 1e-5  # heatmaps: fractions below this show as this
 DASHES = ("solid", "dash")  # target, non-target
 COMPONENT_COLOURS = {"Q": "#1f77b4", "K": "#ff7f0e", "V": "#2ca02c"}
+#: One distinct colour per block (Okabe-Ito): six lines of one hue could not be told apart.
+BLOCK_COLOURS = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#d55e00", "#56b4e9")
 
 
 def _fractions(hist: np.ndarray) -> np.ndarray:
@@ -99,10 +101,46 @@ def histogram_lines(
         row=1,
         col=1,
     )
+    _clip_first_layer(fig, frac, blocks, layers)
     fig.update_xaxes(title_text="cosine similarity", range=[-1, 1], row=len(POSITIONS))
     fig.update_yaxes(title_text="fraction of pairs", col=1)
     fig.update_layout(title=title, height=650, width=1000, template=TEMPLATE)
     return fig
+
+
+def _clip_first_layer(
+    fig: go.Figure, frac: np.ndarray, blocks: Sequence[str], layers: Sequence[int]
+) -> None:
+    """Scale each panel to the layers after the first when the first's peak dwarfs them.
+
+    Layer 0's cosines at one token sit at +-1 by construction on rotary models: its Q/K/V are a
+    function of that token alone, so each unit is constant across sentences. That spike would
+    flatten every other layer to the baseline.
+    Such a panel's y axis ends a little above the other layers' highest bin, and a note names
+    the first layer's peak, which stays drawn but leaves the panel.
+    """
+    if len(layers) < 3:
+        return
+    for p in range(len(POSITIONS)):
+        for c, b in enumerate(blocks):
+            panel = frac[p, BLOCKS.index(b)]
+            first, rest = float(panel[0].max()), float(panel[1:].max())
+            if rest <= 0 or first <= 2 * rest:
+                continue
+            n = p * len(blocks) + c + 1
+            fig.update_yaxes(range=[0, 1.15 * rest], row=p + 1, col=c + 1)
+            fig.add_annotation(
+                text=f"layer {layers[0]} off scale: peak {first:.2f}",
+                xref=f"x{n if n > 1 else ''} domain",
+                yref=f"y{n if n > 1 else ''} domain",
+                x=0.02,
+                y=0.98,
+                xanchor="left",
+                yanchor="top",
+                showarrow=False,
+                font={"size": 11, "color": "#555"},
+                bgcolor="rgba(255,255,255,0.8)",
+            )
 
 
 def heatmaps(
@@ -244,7 +282,7 @@ def cosine_spread(
     Example:
         >>> fig = cosine_spread(np.random.rand(2, 6, 2), np.random.rand(2, 6, 2), [0, 1])
     """
-    series = list(zip(BLOCKS, sample_colorscale("Plotly3", 6), strict=True))
+    series = list(zip(BLOCKS, BLOCK_COLOURS, strict=True))
     panels = [("std of cosines", cos_std), ("mean |cosine|", cos_mean_abs)]
     return _two_panel_lines(panels, series, layers, mode="lines", title=title)
 

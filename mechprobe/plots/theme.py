@@ -46,11 +46,40 @@ TEMPLATE.layout.update(
 def themed(fig: go.Figure, **layout: Any) -> go.Figure:
     """Apply mechprobe's template (and any layout settings) to ``fig``; return it.
 
+    Log axes get full tick labels (``0.2, 0.5, 1, 2, 5``): plotly's default labels the ticks
+    between powers of ten with their first digit alone (``2, 5``), which reads as a magnitude.
+
     Example:
         >>> themed(go.Figure(), height=300).layout.height
         300
+        >>> themed(go.Figure(), yaxis_type="log").layout.yaxis.tickformat
+        '~g'
     """
     fig.update_layout(template=TEMPLATE, **layout)
+    full_log_ticks(fig)
+    return fig
+
+
+def full_log_ticks(fig: go.Figure) -> go.Figure:
+    """Label every tick of ``fig``'s log axes with its whole value (``~g``), not a lone digit.
+
+    Ticks go at 1, 2 and 5 times each power of ten (``dtick="D2"``): with whole labels, plotly's
+    own choice over a short range (every digit) would crowd them.
+
+    Example:
+        >>> fig = full_log_ticks(go.Figure(layout={"xaxis": {"type": "log"}}))
+        >>> fig.layout.xaxis.tickformat, fig.layout.xaxis.dtick, fig.layout.yaxis.tickformat
+        ('~g', 'D2', None)
+    """
+
+    def fix(axis: Any) -> None:
+        if axis.type == "log" and axis.tickformat is None:
+            axis.tickformat = "~g"
+            if axis.dtick is None and axis.tickvals is None:
+                axis.dtick = "D2"
+
+    fig.for_each_xaxis(fix)
+    fig.for_each_yaxis(fix)
     return fig
 
 

@@ -1,4 +1,4 @@
-"""The findings table in Markdown (for the README), read from step directories on disk.
+"""The findings table in Markdown (README and docs), read from step directories on disk.
 
 One row per experiment with a finding, one column per output directory (a model's run), each
 cell the verdict in bold, this run's numbers and the sample behind them: the same
@@ -41,11 +41,23 @@ def read_findings(out: Path) -> dict[str, dict[str, str]]:
     return found
 
 
-def findings_markdown(outs: Mapping[str, Path]) -> str:
+def findings_markdown(outs: Mapping[str, Path], *, short: bool = False) -> str:
     """The Markdown table: experiments x (the course's claim, then one column per run).
 
     Args:
         outs: ``{column title (the model): output directory}``.
+        short: Each cell the verdict and its key number only (the README's form); the long form
+            (the documentation's Findings page) adds this run's numbers and the sample.
+
+    Example:
+        >>> import json, pathlib
+        >>> step = pathlib.Path("runs/m/heads")
+        >>> step.mkdir(parents=True)
+        >>> _ = (step / "finding.json").write_text(json.dumps({"claim": "QK < 0.",
+        ...     "this_run": "5 of 30 layers.", "verdict": "partly holds",
+        ...     "key": "holds at 5/30 layers", "sample": "one text"}))
+        >>> print(findings_markdown({"m": pathlib.Path("runs/m")}, short=True).splitlines()[-1])
+        | E2: isolating attention heads | QK < 0. | **partly holds**: holds at 5/30 layers |
     """
     from mechprobe.experiments import registry
 
@@ -63,15 +75,16 @@ def findings_markdown(outs: Mapping[str, Path]) -> str:
         claim = next(c["claim"] for c in cells if c)
         row = f"| {_cell(spec.title)} | {_cell(claim)} |"
         for c in cells:
-            row += (
-                " - |"
-                if c is None
-                else (
+            if c is None:
+                row += " - |"
+            elif short:
+                row += f" **{c['verdict']}**: {_cell(c.get('key') or c['this_run'])} |"
+            else:
+                row += (
                     f" **{c['verdict']}**: {_cell(c['this_run'])}"
                     + (f" *({_cell(c['sample'])})*" if c.get("sample") else "")
                     + " |"
                 )
-            )
         lines.append(row)
     return "\n".join(lines)
 

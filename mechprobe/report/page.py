@@ -36,7 +36,7 @@ h3 { margin: 1.6rem 0 .2rem; }
 table { border-collapse: collapse; margin: .6rem 0; font-size: .9rem; }
 td, th { border: 1px solid #ddd; padding: .25rem .6rem; text-align: left; vertical-align: top;
          overflow-wrap: anywhere; max-width: 34rem; }
-th { background: #f5f5f5; }
+th { background: #f5f5f5; overflow-wrap: normal; }  /* a header never breaks inside a word */
 .ok { color: #0a7a28; font-weight: 600; }
 .bad { color: #b00020; font-weight: 600; }
 .partly { color: #a35f00; font-weight: 600; }

@@ -115,7 +115,7 @@ def build_sweep_page(out: Path, models: Sequence[str], skipped: Mapping[str, str
     from plotly.offline import get_plotlyjs
 
     from mechprobe.experiments import registry
-    from mechprobe.plots.sweep import depth_overlay
+    from mechprobe.plots.sweep import MIN_LAYERS_JOINED, depth_overlay
     from mechprobe.runner.steps import load_result
     from mechprobe.runner.sweep import model_dir
 
@@ -139,8 +139,10 @@ def build_sweep_page(out: Path, models: Sequence[str], skipped: Mapping[str, str
         sections.append(
             f"<h2 id='{name}'>{html.escape(spec.title)}</h2><p class='caption'>Each model's "
             "per-layer curves on relative depth (0 = first layer, 1 = last): colour is the "
-            "model, the dash the curve. Curves that line up show the same finding at the same "
-            f"relative depth.</p>{_figure(fig, f'spec{n}')}"
+            "model, the dash the curve, one panel per quantity. Curves that line up show the "
+            "same finding at the same relative depth. A model of fewer than "
+            f"{MIN_LAYERS_JOINED} layers is drawn as crosses, not joined: a line between two "
+            f"layers would invent a trend.</p>{_figure(fig, f'spec{n}')}"
         )
     skipped_html = "".join(
         f"<li><b>{html.escape(m)}</b>: skipped ({html.escape(r)})</li>" for m, r in skipped.items()
