@@ -77,7 +77,9 @@ def laminar_figure(
     rows = [r for r in ROWS if any(r[1] in c for c in curves.values())]
     left = [g for g in curves if _family(g) in ("qkv", "q", "k", "v")]
     right = [g for g in curves if g not in left]
-    panels = [(t, gs) for t, gs in (("Q / K / V units", left), ("other units", right)) if gs]
+    names = ", ".join(dict.fromkeys(LABELS.get(_family(g), g) for g in right))
+    others = "other units" if left else f"{names} units"
+    panels = [(t, gs) for t, gs in (("Q / K / V units", left), (others, right)) if gs]
     fig = make_subplots(
         rows=len(rows),
         cols=len(panels),
@@ -129,6 +131,8 @@ def laminar_figure(
             if key == "selectivity":
                 fig.add_hline(y=0.0, line={"color": "#bbb", "width": 1}, row=row, col=col)
         fig.update_xaxes(title_text="layer", row=len(rows), col=col)
+    if layers and max(layers) - min(layers) < 10:  # few layers: whole-number ticks only
+        fig.update_xaxes(dtick=1)
     for row, (label, _, _) in enumerate(rows, start=1):
         fig.update_yaxes(title_text=label, title_font={"size": 11}, row=row, col=1)
     fig.update_layout(
