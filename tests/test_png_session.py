@@ -60,3 +60,35 @@ def test_no_session_without_png(launches):
     with export.png_session(png=False) as opened:
         assert not opened
     assert launches == []
+
+
+def test_a_session_renders_the_same_bytes_as_a_fresh_browser(tmp_path, launches):
+    """The session keeps its page between figures (no reload); the PNGs must not change."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    sub = make_subplots(rows=1, cols=2)
+    sub.add_trace(go.Scattergl(x=list(range(500)), y=[i % 7 for i in range(500)]), row=1, col=1)
+    sub.add_trace(go.Scatter(x=[1, 2, 3], y=[1, 10, 100]), row=1, col=2)
+    sub.update_yaxes(type="log", row=1, col=2)
+    figures = {
+        "heat": go.Figure(go.Heatmap(z=[[1, 2], [3, 4]])),
+        "box": go.Figure(go.Box(y=[1, 2, 3, 9])),
+        "sub": sub,
+        "bar": go.Figure(go.Bar(y=[3, 1]), layout={"title": {"text": "t<br><sup>s</sup>"}}),
+    }
+    for fig in figures.values():
+        fig.update_layout(width=400, height=300)
+    with export.png_session() as opened:
+        assert opened
+        for name, fig in figures.items():  # one call per figure: the page is reused in between
+            export.save_figures({name: fig}, tmp_path / "session", png=True)
+    for name, fig in figures.items():  # outside a session each call starts its own browser
+        export.save_figures({name: fig}, tmp_path / "fresh", png=True)
+    for name in figures:
+        assert (tmp_path / "session" / f"{name}.png").read_bytes() == (
+            tmp_path / "fresh" / f"{name}.png"
+        ).read_bytes(), name
+    from kaleido.kaleido import Kaleido
+
+    assert Kaleido._return_kaleido_tab.__name__ == "_return_kaleido_tab"  # restored
