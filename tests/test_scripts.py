@@ -92,3 +92,20 @@ def test_bench_similarity_small():
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "ratio 2-layer / 1-layer" in res.stdout, res.stdout
+
+
+@pytest.mark.unit
+def test_bench_main_job_runs_both_sides_and_prints_the_ratio():
+    res = _script(
+        "bench_main_job.py", "--before", "HEAD", "--model", "tiny-gpt2", "--steps", "crosscheck",
+        "--no-png",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.splitlines()
+    assert any(x.startswith("before") and " s   load " in x for x in lines), res.stdout
+    assert any(x.startswith("after") and " s   load " in x for x in lines), res.stdout
+    assert "ratio before/after:" in res.stdout and "crosscheck" in res.stdout
+    worktrees = subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "list"], capture_output=True, text=True
+    ).stdout
+    assert "bench-main-" not in worktrees  # the temporary checkout is gone
