@@ -155,9 +155,7 @@ def layer_probes(
         table = {s: np.full((n_layers, len(PROBE_KINDS)), np.nan) for s in LP_STATS}
         for i in range(n_layers):
             rows = probe_layer(x[:, i, :].double().numpy(), labels, folds)
-            rows.update(
-                _unit_rows(fam, i, per_layer, key, multi, best_correct, y, labels, lexical)
-            )
+            rows.update(_unit_rows(fam, i, per_layer, key, multi, best_correct, y, labels, lexical))
             for j, kind in enumerate(PROBE_KINDS):
                 for stat, v in rows.get(kind, {}).items():
                     if stat in table:
@@ -175,20 +173,35 @@ def layer_probes(
             k: float(arrays["embed_lp_accuracy"][j]) for j, k in enumerate(PROBE_KINDS)
         }
     if not config.no_random_model:
-        t0 = time.perf_counter()
-        rnd = random_model_accuracy(config, model, samples, fams, y, folds)
-        timing["random_model"] = time.perf_counter() - t0
-        whole = PROBE_KINDS.index("whole_layer")
-        for fam, acc in rnd.items():
-            arr = np.full((len(acc), len(PROBE_KINDS)), np.nan)
-            arr[:, whole] = acc
-            arrays[f"{fam}_lp_random_model_accuracy"] = arr
-            summary["families"][fam]["random_model"] = [float(v) for v in acc]
-        summary["random_model"] = (
-            f"{getattr(model, 'mechprobe_name', 'the model')}, randomly initialised from its "
-            f"config (seed {RANDOM_MODEL_SEED + config.seed})"
-        )
+        _random_model_rows(config, model, samples, fams, y, folds, arrays, summary, timing)
     return summary
+
+
+def _random_model_rows(
+    config: Any,
+    model: Model,
+    samples: ProbeSamples,
+    fams: list[str],
+    y: np.ndarray,
+    folds: np.ndarray,
+    arrays: dict[str, np.ndarray],
+    summary: dict[str, Any],
+    timing: dict[str, float],
+) -> None:
+    """The random-weights model's whole-layer accuracies into ``arrays`` and ``summary``."""
+    t0 = time.perf_counter()
+    rnd = random_model_accuracy(config, model, samples, fams, y, folds)
+    timing["random_model"] = time.perf_counter() - t0
+    whole = PROBE_KINDS.index("whole_layer")
+    for fam, acc in rnd.items():
+        arr = np.full((len(acc), len(PROBE_KINDS)), np.nan)
+        arr[:, whole] = acc
+        arrays[f"{fam}_lp_random_model_accuracy"] = arr
+        summary["families"][fam]["random_model"] = [float(v) for v in acc]
+    summary["random_model"] = (
+        f"{getattr(model, 'mechprobe_name', 'the model')}, randomly initialised from its "
+        f"config (seed {RANDOM_MODEL_SEED + config.seed})"
+    )
 
 
 def _both_classes_everywhere(lab: np.ndarray, folds: np.ndarray) -> bool:

@@ -226,7 +226,11 @@ def random_weights_model(model: Model, seed: int = 0) -> Model:
     name = getattr(model, "mechprobe_name", config.name_or_path)
     with contextlib.redirect_stdout(quiet):
         bridge = TransformerBridge.boot_transformers(
-            name, hf_model=hf, tokenizer=model.tokenizer, device=str(param.device), dtype=param.dtype
+            name,
+            hf_model=hf,
+            tokenizer=model.tokenizer,
+            device=str(param.device),
+            dtype=param.dtype,
         )
     bridge.eval()
     bridge.requires_grad_(False)

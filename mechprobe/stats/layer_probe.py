@@ -123,7 +123,8 @@ def paired_interval(
     would count twice.
 
     Example:
-        >>> a = np.array([1, 1, 1, 1, 0, 1, 1, 1], bool); b = np.array([1, 0, 0, 1, 0, 1, 0, 1], bool)
+        >>> a = np.array([1, 1, 1, 1, 0, 1, 1, 1], bool)
+        >>> b = np.array([1, 0, 0, 1, 0, 1, 0, 1], bool)
         >>> [round(v, 3) for v in paired_interval(a, b)]
         [0.375, 0.036, 0.714]
     """
