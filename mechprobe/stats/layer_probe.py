@@ -58,6 +58,7 @@ __all__ = [
     "nested_probes",
     "paired_interval",
     "select_units",
+    "split_probe",
     "wilson_interval",
 ]
 
@@ -193,22 +194,31 @@ def fit_l2_logistic(
     zy, ay = z.clone(), a.clone()  # the extrapolated point
     t = torch.ones(bsz, dtype=dt)
     converged = False
+    done = torch.zeros(bsz, dtype=torch.bool)
     for _ in range(max_iter):
         gz, ga = grad(zy, ay)
         z_new, a_new = zy - gz / lz, ay - ga / la
         # the gradient's size in the majoriser's inverse metric, relative to the objective
         size = torch.sqrt((gz * gz / lz).sum(1) + ga * ga / la) / scale
-        if bool((size < tol).all()):
-            z, a, converged = z_new, a_new, True
+        # a problem that has converged stops where it is, so that its result does not depend
+        # on the other problems of the batch
+        now = (size < tol) & ~done
+        z = torch.where(now[:, None], z_new, z)
+        a = torch.where(now, a_new, a)
+        done |= now
+        if bool(done.all()):
+            converged = True
             break
         # restart momentum where the step goes against the momentum (gradient restart)
         restart = ((gz * (z_new - z)).sum(1) + ga * (a_new - a)) > 0
         t_new = (1.0 + torch.sqrt(1.0 + 4.0 * t * t)) / 2.0
         mom = torch.where(restart, torch.zeros_like(t), (t - 1.0) / t_new)
-        zy = z_new + mom[:, None] * (z_new - z)
-        ay = a_new + mom * (a_new - a)
+        live = ~done
+        zy = torch.where(live[:, None], z_new + mom[:, None] * (z_new - z), zy)
+        ay = torch.where(live, a_new + mom * (a_new - a), ay)
         t = torch.where(restart, torch.ones_like(t), t_new)
-        z, a = z_new, a_new
+        z = torch.where(live[:, None], z_new, z)
+        a = torch.where(live, a_new, a)
     return z, a, converged
 
 
@@ -456,3 +466,50 @@ def _fit_decisions(
     z, a, _ = fit_l2_logistic(f, yt, m, c_abs, tol=tol)
     logit = z @ f.T if f.ndim == 2 else torch.bmm(f, z[:, :, None])[:, :, 0]
     return (logit + a[:, None]).numpy(), c_abs.numpy()
+
+
+def split_probe(
+    x: Float[np.ndarray, "samples units"],
+    y: Samples,
+    train: Bool[np.ndarray, " samples"],
+    c: float,
+    *,
+    k: int | None = None,
+    rule: str = "t",
+    tol: float = 1e-9,
+) -> tuple[float, np.ndarray]:
+    """One probe on one train/test split at a fixed absolute ``C``: held-out accuracy, units.
+
+    The building block of `nested_probes` without the nesting: the ``k`` units (None: all) are
+    chosen on the training rows by ``rule`` (`select_units`), `fit_l2_logistic` fits
+    ``LogisticRegression(C=c)``'s objective on them, and the rows outside ``train`` are
+    scored at log-odds 0. Used to compare with TransformerLens's ``sweep_sparse_probe``, whose
+    objective ``mean(log-loss) + l2 |w|^2 / 2`` is this one at ``c = 1 / (l2 n_train)``.
+
+    Example:
+        >>> y = np.repeat([0, 1], 20)
+        >>> x = np.c_[y + 0.1 * np.arange(40) % 0.3, np.zeros(40)]
+        >>> split_probe(x, y, np.arange(40) % 4 != 0, c=1.0, k=1)
+        (1.0, array([0]))
+    """
+    xv = np.asarray(x, dtype=np.float64)
+    tr = np.asarray(train, dtype=bool)
+    yv = np.asarray(y).astype(np.int64)
+    units = (
+        np.arange(xv.shape[1])
+        if k is None
+        else select_units(xv[tr], yv[tr], min(k, xv.shape[1]), rule)
+    )
+    with _one_thread():
+        f = _orthogonal(torch.from_numpy(np.ascontiguousarray(xv[:, units])))
+        z, a, _ = fit_l2_logistic(
+            f,
+            torch.from_numpy(yv.astype(np.float64))[None],
+            torch.from_numpy(tr.astype(np.float64))[None],
+            torch.tensor([c], dtype=torch.float64),
+            tol=tol,
+            max_iter=100000,
+        )
+        dec = (z @ f.T + a[:, None])[0].numpy()
+    te = ~tr
+    return float(np.mean((dec[te] > 0) == (yv[te] == 1))), units
