@@ -334,6 +334,14 @@ FIGURES = (
         "is word identity, not the classes.",
     ),
     Figure(
+        "layer_probes",
+        "Whole-layer and best-unit probes per layer",
+        "Per layer and family, held-out accuracy of the whole-layer probe (L2 logistic on every "
+        "unit), the nested best unit and the mean unit, with Wilson 95% bands, against the "
+        "control task, the token embedding and a random-weights model: decoding that these "
+        "baselines match is word identity or architecture, not the classes.",
+    ),
+    Figure(
         "volcano",
         "Effect size against significance",
         "Each dot is a unit of the detail layer: its probe's beta (x) against -log10 p (y); dots "
