@@ -16,7 +16,7 @@ import io
 import logging
 import os
 import platform
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -213,7 +213,7 @@ def random_weights_model(model: Model, seed: int = 0) -> Model:
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM
 
-    hf_old = model.original_model
+    hf_old = cast(Any, model).original_model  # the bridge's HuggingFace model
     config = copy.deepcopy(hf_old.config)
     config._attn_implementation = "eager"
     param = next(hf_old.parameters())
