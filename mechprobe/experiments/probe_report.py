@@ -302,6 +302,38 @@ def _fmt(x: Any, spec: str) -> str:
     return "  -  " if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
 
 
+def _layer_probe_lines(s: dict[str, Any]) -> list[str]:
+    """The per-layer probes' lines of the table: each family's whole layer at its peak.
+
+    Example:
+        >>> _layer_probe_lines({"layer_probes": {"note": "unavailable: no folds"}})
+        ['per-layer probes: unavailable: no folds']
+    """
+    lp = s.get("layer_probes") or {}
+    if "note" in lp:
+        return [f"per-layer probes: {lp['note']}"]
+    lines = []
+    emb = (lp.get("embedding") or {}).get("whole_layer")
+    for fam, d in (lp.get("families") or {}).items():
+        w, b = d["whole_layer"], d["best_unit"]
+        acc = np.array([np.nan if v is None else v for v in w["accuracy"]])
+        if not np.isfinite(acc).any():
+            continue
+        i = int(np.nanargmax(acc))
+        rnd = d.get("random_model")
+        layer = s["per_layer"][i]["layer"]
+        lines.append(
+            f"{LABELS.get(fam, fam)} whole layer: peak {acc[i]:.3f} [{w['ci_low'][i]:.3f}, "
+            f"{w['ci_high'][i]:.3f}] at layer {layer}, selectivity "
+            f"{_fmt(w['selectivity'][i], '+.3f')} [{_fmt(w['selectivity_low'][i], '+.3f')}, "
+            f"{_fmt(w['selectivity_high'][i], '+.3f')}], nested best unit "
+            f"{_fmt(b['accuracy'][i], '.3f')}"
+            + (f", embedding {emb:.3f}" if emb is not None else "")
+            + (f", random-weights model {rnd[i]:.3f}" if rnd else "")
+        )
+    return lines
+
+
 def probe_table(result: ExperimentResult) -> str:
     """Per layer and family: % significant, held-out and control accuracy, selectivity."""
     s = result.summary
@@ -347,9 +379,15 @@ def probe_table(result: ExperimentResult) -> str:
             f"best unit ({b['rule']} rule): {b['component']} layer {b['layer']} unit "
             f"{b['unit']} ({b['group']}), accuracy {b['accuracy']:.3f}, beta {b['beta']:.3g}"
         )
+    lines += _layer_probe_lines(s)
     t = s["timing_s"]
     lines.append(
-        f"time: forward {t['forward']:.1f} s, statistics {t['fit']:.1f} s, total "
-        f"{t.get('total', 0):.1f} s"
+        f"time: forward {t['forward']:.1f} s, statistics {t['fit']:.1f} s, "
+        + "".join(
+            f"{name} {t[key]:.1f} s, "
+            for key, name in (("layer_probes", "layer probes"), ("random_model", "random model"))
+            if key in t
+        )
+        + f"total {t.get('total', 0):.1f} s"
     )
     return "\n".join(lines)
