@@ -143,7 +143,7 @@ def test_whole_layer_equals_sklearn_nested_cv(small_negation):
     y, fold = a["labels"].astype(int), a["folds"].astype(int)
     expected = _sk_nested(x, y, fold)
     got = res.layers.query("family == 'mlp' and layer == 0 and probe == 'whole_layer'")
-    # the solver stops at tol 1e-6, scikit-learn at 1e-10: a sample at log-odds ~0 may flip
+    # the solver stops at tol 1e-4, scikit-learn at 1e-10: a sample at log-odds ~0 may flip
     assert abs(float(got["heldout_accuracy"].iloc[0]) - expected) <= 2 / y.size
 
 

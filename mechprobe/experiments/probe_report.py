@@ -237,7 +237,7 @@ def probe_finding(result: ExperimentResult, claim: str | None) -> Finding:
             f"(mean), {lex['max_heldout_accuracy']:.2f} (best unit, optimistic: the maximum "
             "over held-out scores)"
             + "".join(
-                f", {v:.2f} ({k.replace('_', ' ')})"
+                f", {v:.2f} ({'nested best unit' if k == 'best_unit' else 'whole layer'})"
                 for k, v in ((s.get("layer_probes") or {}).get("embedding") or {}).items()
                 if k in ("best_unit", "whole_layer")
             )

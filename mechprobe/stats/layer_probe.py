@@ -290,7 +290,7 @@ def nested_probes(
     c_grid: tuple[float, ...] = C_GRID,
     rule: str = "t",
     whole: bool = True,
-    tol: float = 1e-6,
+    tol: float = 1e-4,
 ) -> dict[str, dict[str, ProbeScore]]:
     """Whole-layer and k-sparse probes on one layer's units, nested, for several label sets.
 
@@ -309,7 +309,8 @@ def nested_probes(
         c_grid: Penalties in units of ``1 / mean |x_i|^2`` over each training set's rows.
         rule: Unit selection statistic (`select_units`).
         whole: Also the whole-layer probe.
-        tol: `fit_l2_logistic`'s tolerance.
+        tol: `fit_l2_logistic`'s tolerance (1e-4, as scikit-learn's default: a third faster
+            than 1e-6, with the same held-out predictions but for samples at log-odds ~0).
 
     Returns:
         ``{probe: {label set: ProbeScore}}`` with probes ``whole_layer`` and ``k<k>``.
