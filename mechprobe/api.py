@@ -204,8 +204,11 @@ class ProbeResult(Result):
         NaN for the other probes). Empty (with these columns) when no held-out folds ran.
 
         Example:
-            >>> negation(model, "story.txt", context_pre=5, folds=3).layers.columns.tolist()[:4]
-            ['family', 'layer', 'probe', 'heldout_accuracy']
+            >>> story = "We can go. The keeper walked along the old harbour wall. It is not here. "
+            >>> res = negation(model, story * 40, layers=[1], context_pre=6, context_post=2,
+            ...                folds=2, no_random_model=True)
+            >>> res.layers.columns.tolist()[:4], len(res.layers)
+            (['family', 'layer', 'probe', 'heldout_accuracy'], 12)
         """
         import pandas as pd
 

@@ -127,7 +127,7 @@ def paired_interval(
         >>> a = np.array([1, 1, 1, 1, 0, 1, 1, 1], bool)
         >>> b = np.array([1, 0, 0, 1, 0, 1, 0, 1], bool)
         >>> [round(v, 3) for v in paired_interval(a, b)]
-        [0.375, 0.036, 0.714]
+        [0.375, 0.016, 0.734]
     """
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     if d.size < 2:
@@ -238,14 +238,20 @@ def select_units(
     """
     yv = np.asarray(y).astype(bool)
     x1, x0 = x[yv], x[~yv]
+    if not len(x1) or not len(x0):  # one class only (a small inner split): no statistic
+        return np.arange(min(k, x.shape[1]))
     diff = x1.mean(0) - x0.mean(0)
     if rule == "mean_diff":
         score = np.abs(diff)
     elif rule == "t":
-        se = np.sqrt(x1.var(0, ddof=1) / max(len(x1), 1) + x0.var(0, ddof=1) / max(len(x0), 1))
+        var1 = x1.var(0, ddof=1 if len(x1) > 1 else 0) / max(len(x1), 1)
+        var0 = x0.var(0, ddof=1 if len(x0) > 1 else 0) / max(len(x0), 1)
+        se = np.sqrt(var1 + var0)
+        # no spread within the classes: a unit that differs between them separates them
+        # perfectly (t infinite), one that does not carries nothing (0)
         with np.errstate(divide="ignore", invalid="ignore"):
             score = np.where(se > 0, np.abs(diff) / np.where(se > 0, se, 1.0), 0.0)
-        score = np.where(np.isfinite(score), score, 0.0)
+        score = np.where((se == 0) & (diff != 0), np.inf, np.nan_to_num(score, nan=0.0))
     else:
         raise ValueError(f"unknown selection rule {rule!r} (t or mean_diff)")
     return np.argsort(-score, kind="stable")[:k]
@@ -276,7 +282,8 @@ def _training_sets(fold: np.ndarray) -> tuple[list[tuple[int, ...]], np.ndarray]
     """The outer training sets (all but fold k) and the inner ones (all but folds k and j)."""
     ids = list(range(int(fold.max()) + 1))
     sets: list[tuple[int, ...]] = [(k,) for k in ids]
-    sets += [(k, j) for k in ids for j in ids if j > k]
+    if len(ids) >= 3:  # with two folds there is no inner split: "all but both" is empty
+        sets += [(k, j) for k in ids for j in ids if j > k]
     masks = np.stack([~np.isin(fold, s) for s in sets])
     return sets, masks
 
