@@ -189,6 +189,69 @@ class ProbeResult(Result):
         return frame[keys + stats]
 
     @property
+    def layers(self) -> Any:
+        """Per-layer probes: one row per family x layer x probe kind (read from `ds`).
+
+        ``probe`` is one of ``unit_mean`` (the mean of every unit's held-out accuracy),
+        ``best_unit`` (nested: chosen on the training folds, scored on the held-out fold),
+        ``whole_layer`` (L2 logistic on every unit, penalty chosen on the training folds) and
+        ``k1``, ``k8``, ``k64`` (the same on the top-k units by ``|t|`` on the training
+        folds); see `mechprobe.stats.layer_probe`. Columns, exactly: ``family``, ``layer``,
+        ``probe``, ``heldout_accuracy``, ``ci_low``, ``ci_high`` (Wilson 95%),
+        ``control_accuracy``, ``selectivity`` (held-out minus control accuracy),
+        ``embedding_accuracy`` (the same probe on the token embedding) and
+        ``random_model_accuracy`` (the whole-layer probe on a random-weights copy of the model;
+        NaN for the other probes). Empty (with these columns) when no held-out folds ran.
+
+        Example:
+            >>> story = "We can go. The keeper walked along the old harbour wall. It is not here. "
+            >>> res = negation(model, story * 40, layers=[1], context_pre=6, context_post=2,
+            ...                folds=2, no_random_model=True)
+            >>> res.layers.columns.tolist()[:4], len(res.layers)
+            (['family', 'layer', 'probe', 'heldout_accuracy'], 12)
+        """
+        import pandas as pd
+
+        cols = [
+            "family",
+            "layer",
+            "probe",
+            "heldout_accuracy",
+            "ci_low",
+            "ci_high",
+            "control_accuracy",
+            "selectivity",
+            "embedding_accuracy",
+            "random_model_accuracy",
+        ]
+        ds = self.ds
+        if "lp_accuracy" not in ds:
+            return pd.DataFrame(columns=cols)
+        names = {
+            "lp_accuracy": "heldout_accuracy",
+            "lp_ci_low": "ci_low",
+            "lp_ci_high": "ci_high",
+            "lp_control_accuracy": "control_accuracy",
+            "lp_selectivity": "selectivity",
+            "lp_random_model_accuracy": "random_model_accuracy",
+        }
+        present = [k for k in names if k in ds]
+        frame = ds[present].to_dataframe().reset_index().rename(columns=names)
+        if "embedding_lp_accuracy" in ds:
+            emb = dict(
+                zip(
+                    ds["probe"].values.tolist(),
+                    ds["embedding_lp_accuracy"].values.tolist(),
+                    strict=True,
+                )
+            )
+            frame["embedding_accuracy"] = frame["probe"].map(emb).astype(float)
+        for col in cols:
+            if col not in frame:
+                frame[col] = float("nan")
+        return frame[cols]
+
+    @property
     def samples(self) -> Any:
         """The samples: one row each, in the order of the arrays.
 

@@ -247,11 +247,15 @@ def test_figures_plot_the_summary_without_swapping_groups(neg_run):
     figs = figures(neg_run)
     assert set(figs) == {
         "laminar",
+        "layer_probes",
         "beta_by_unit",
         "volcano",
         "best_unit_probabilities",
         "best_unit_heatmap",
     }
+    if figs["layer_probes"] is not None:  # whole-layer accuracy drawn is the array's column
+        whole = [t for t in figs["layer_probes"].data if t.name == "whole layer (all units, L2)"]
+        assert list(whole[0].y) == pytest.approx(neg_run.arrays["qkv_lp_accuracy"][:, 2])
     s = neg_run.summary
     names = {"Q": "q", "K": "k", "V": "v", "MLP": "mlp", "Q|K|V": "qkv"}
     seen = set()
@@ -293,6 +297,7 @@ def test_finding_uses_every_control_at_every_layer(neg_run):
     for row in tuned["per_layer"]:
         for fam in s["components"]:
             row[fam].update(selectivity=2 * half, mean_heldout_accuracy=lex + 2 * half)
+    _whole_layer_beyond_baselines(tuned, finding_of, WORD_IDENTITY)
     f = finding_of(lexical)
     assert f.verdict == WORD_IDENTITY
     assert "no better than a random labelling of the same words" in f.this_run
@@ -320,6 +325,31 @@ def test_finding_uses_every_control_at_every_layer(neg_run):
     peak = max(r["qkv"]["mean_accuracy"] for r in in_sample["per_layer"])
     assert f.key == f"Q|K|V in-sample accuracy peak {peak:.2f}"
     assert "controls unavailable" in f.this_run
+
+
+def _whole_layer_beyond_baselines(tuned, finding_of, word_identity):
+    """Make the whole-layer probe beat its three baselines in every layer of ``tuned``; check
+    that with its selectivity interval reaching 0 the verdict is word identity, counted."""
+    import copy
+
+    lp = tuned.get("layer_probes")
+    if not lp or "families" not in lp:
+        return
+    n_layers = len(tuned["per_layer"])
+    emb = lp["embedding"]["whole_layer"]
+    for d in lp["families"].values():
+        w = d["whole_layer"]
+        w["accuracy"] = [1.0] * n_layers
+        w["ci_low"], w["ci_high"] = [emb + 0.01] * n_layers, [1.0] * n_layers
+        w["selectivity_low"] = [0.01] * n_layers
+        d["random_model"] = [emb] * n_layers
+    whole_lexical = copy.deepcopy(tuned)
+    for d in whole_lexical["layer_probes"]["families"].values():
+        d["whole_layer"]["selectivity_low"] = [-0.01] * n_layers
+    f = finding_of(whole_lexical)
+    assert f.verdict == word_identity
+    assert f"selectivity above 0 beyond its interval in 0 of {n_layers} layers" in f.this_run
+    assert f"above the random-weights model's in {n_layers}" in f.this_run
 
 
 @pytest.mark.unit

@@ -179,6 +179,36 @@ def _family_stack(arrays: list[np.ndarray], width: int) -> np.ndarray:
     return np.stack(out)
 
 
+def _layer_probe_vars(a: dict[str, np.ndarray], families: list[str]) -> tuple[set[str], dict]:
+    """The per-layer probes (`mechprobe.experiments.probe_layers`) as ``lp_<stat>``.
+
+    ``<family>_lp_<stat>`` ``[layer, probe]`` become ``lp_<stat>`` over ``family x layer x
+    probe`` (the first contrast's, for more than two classes); the token embedding's
+    ``embed_lp_<stat>`` ``[probe]`` become ``embedding_lp_<stat>`` over ``probe``.
+
+    Example:
+        >>> a = {"mlp_lp_accuracy": np.ones((2, 6)), "embed_lp_accuracy": np.zeros(6)}
+        >>> used, data = _layer_probe_vars(a, ["mlp"])
+        >>> data["lp_accuracy"][0], data["embedding_lp_accuracy"][0]
+        (('family', 'layer', 'probe'), ('probe',))
+    """
+    from mechprobe.experiments.probe_layers import LP_STATS
+
+    used: set[str] = set()
+    data: dict[str, Any] = {}
+    if not families:
+        return used, data
+    for stat in LP_STATS:
+        keys = [f"{f}_lp_{stat}" for f in families]
+        if all(k in a for k in keys):
+            data[f"lp_{stat}"] = (("family", "layer", "probe"), np.stack([a[k] for k in keys]))
+            used.update(keys)
+        if f"embed_lp_{stat}" in a:
+            data[f"embedding_lp_{stat}"] = (("probe",), a[f"embed_lp_{stat}"])
+            used.add(f"embed_lp_{stat}")
+    return used, data
+
+
 def probe_dataset(result: ExperimentResult, provenance: dict[str, Any] | None = None) -> Any:
     """A probe's (or E1's) arrays over ``family x [contrast x] layer x unit`` and ``sample``.
 
@@ -214,6 +244,10 @@ def probe_dataset(result: ExperimentResult, provenance: dict[str, Any] | None = 
     names = list(s.get("classes", []))
     if "labels" in a and names:
         data["class"] = ("sample", np.array([names[int(k)] for k in a["labels"]], dtype=str))
+    lp_used, lp_data = _layer_probe_vars(a, families)
+    if lp_data:
+        data.update(lp_data)
+        used |= lp_used
     if "embed_heldout_accuracy" in a:
         embed = a["embed_heldout_accuracy"]
         data["embed_heldout_accuracy"] = ((*lead, "d_model"), embed.reshape(*embed.shape[:-2], -1))
@@ -226,6 +260,10 @@ def probe_dataset(result: ExperimentResult, provenance: dict[str, Any] | None = 
         if key not in used and key != "layers":
             data[key] = (dims_of(result.name, key, arr.ndim), arr)
     coords: dict[str, Any] = {"family": families, "layer": np.asarray(a["layers"])}
+    if lp_data:
+        from mechprobe.experiments.probe_layers import PROBE_KINDS
+
+        coords["probe"] = list(PROBE_KINDS)
     if multi:
         coords["contrast"] = contrasts
     ds = xr.Dataset(data, coords=coords)

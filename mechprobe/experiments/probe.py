@@ -15,6 +15,10 @@ Benjamini-Hochberg), and, by default:
   class sizes kept; selectivity = real minus control held-out accuracy per layer;
 * a label-shuffle baseline for the percentage of significant units;
 * a lexical baseline: the same probes on the token embedding alone (``hook_embed``);
+* whole-layer and k-sparse probes per layer (`mechprobe.stats.layer_probe`: L2 logistic on every
+  unit of a layer, and on its top 1, 8, 64 units; penalty and units chosen inside the training
+  folds), the nested best unit, on the real and control labels, the embedding and a
+  random-weights copy of the model;
 * Firth's penalised fit for separated units (finite beta, profile-likelihood p), or for every unit
   with ``method="firth"``.
 
@@ -84,6 +88,9 @@ class ProbeConfig:
         correction: ``bonferroni`` or ``fdr``.
         folds: Held-out folds (0: no held-out statistics, no control task).
         no_controls: Skip the control task, the label shuffle and the lexical baseline.
+        no_random_model: Skip the random-weights model (`mechprobe.models.loading.
+            random_weights_model`, seed ``1000 + seed``) whose whole-layer probes are the
+            verdict's third baseline.
         method: ``ml`` (the course's) or ``firth`` for every unit.
         no_firth: Do not refit separated units with Firth's method.
         best_unit: ``course`` (largest beta among significant units of the detail MLP layer)
@@ -130,6 +137,9 @@ class ProbeConfig:
     correction: str = option("bonferroni", "bonferroni (the course's) or fdr", choices=CORRECTIONS)
     folds: int = option(5, "held-out folds, overlapping windows kept together (5; 0: off)")
     no_controls: bool = option(False, "skip the control task, label shuffle and lexical baseline")
+    no_random_model: bool = option(
+        False, "skip the random-weights control model (same architecture, seeded, no download)"
+    )
     method: str = option("ml", "ml (the course's) or firth for every unit", choices=("ml", "firth"))
     no_firth: bool = option(False, "do not refit separated units with Firth's method")
     best_unit: str = option(
@@ -322,6 +332,14 @@ FIGURES = (
         "embedding alone, thin line: chance, the majority class's share) and the selectivity, "
         "held-out minus control accuracy (bottom): separability that the control task matches "
         "is word identity, not the classes.",
+    ),
+    Figure(
+        "layer_probes",
+        "Whole-layer and best-unit probes per layer",
+        "Per layer and family, held-out accuracy of the whole-layer probe (L2 logistic on every "
+        "unit), the nested best unit and the mean unit, with Wilson 95% bands, against the "
+        "control task, the token embedding and a random-weights model: decoding that these "
+        "baselines match is word identity or architecture, not the classes.",
     ),
     Figure(
         "volcano",

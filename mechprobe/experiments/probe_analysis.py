@@ -49,6 +49,24 @@ def analyse(config: Any, model: Model, samples: ProbeSamples) -> ExperimentResul
     if stored is None:
         timing["fit"] = time.perf_counter() - t0
         widths = {fam: int(acts[fam].shape[2]) for fam in config.components}
+        from mechprobe.experiments.probe_layers import layer_probes
+
+        lp = layer_probes(
+            config,
+            model,
+            samples,
+            acts,
+            pairs,
+            folds,
+            control,
+            shuffled,
+            tables.pop("best_correct", {}),
+            tables["per_layer"],
+            arrays,
+            timing,
+            note=heldout_note,
+            lexical=tables["lexical_baseline"],
+        )
     else:
         arrays.update(stored.arrays)
         widths = stored.widths
@@ -74,6 +92,8 @@ def analyse(config: Any, model: Model, samples: ProbeSamples) -> ExperimentResul
     )
     timing["best_unit"] = time.perf_counter() - t0
     summary = _summary(config, model, samples, pairs, tables, best, timing)
+    if stored is None:
+        summary["layer_probes"] = lp
     summary["n_units"] = {
         g: sl.stop - sl.start
         for fam in config.components
@@ -224,7 +244,9 @@ def _arrange(
     """Add each family's arrays; return its fits and the summary's tables.
 
     The tables: ``per_layer`` (per layer and group, its figures and p threshold),
-    ``thresholds``, ``fit_flags`` and ``lexical_baseline``.
+    ``thresholds``, ``fit_flags``, ``lexical_baseline`` and ``best_correct`` (per family, the
+    nested best unit's held-out correctness ``[layer, samples]`` on the real and control labels
+    of the first contrast, or None).
     """
     fits: dict[str, Any] = {}
     per_layer: list[dict[str, Any]] = [{"layer": layer} for layer in layers]
@@ -233,8 +255,16 @@ def _arrange(
         "fit_flags": {},
         "lexical_baseline": {},
         "per_layer": per_layer,
+        "best_correct": {},
     }
     for fam, res in results:
+        held, ctrl = res[0]["heldout"], res[0]["control"]
+        tables["best_correct"][fam] = (
+            None if held is None else held["best_correct"],
+            None if ctrl is None else ctrl["best_correct"],
+        )
+        if held is not None:
+            arrays[f"{fam}_nested_best_unit"] = held["best_unit"]
         if fam == "embed":
             g = res[0]["groups"]["embed"]
             tables["lexical_baseline"] = {

@@ -88,6 +88,11 @@ class FamilyTest:
         above_embedding: Decodable layers whose mean held-out accuracy beats the token
             embedding's by more than the half-width (None: no lexical baseline).
         text: The family's sentence for the finding.
+        whole_layer: Decodable layers where the whole-layer probe (`mechprobe.stats.
+            layer_probe`) is beyond word identity: its selectivity above 0 beyond its interval
+            (the interval's low end above 0), and its held-out accuracy's interval above both
+            the token embedding's whole-layer probe and the random-weights model's (None: no
+            whole-layer probes; a baseline that was not computed is not required).
     """
 
     family: str
@@ -96,6 +101,7 @@ class FamilyTest:
     selective: int | None
     above_embedding: int | None
     text: str
+    whole_layer: int | None = None
 
     @property
     def is_decodable(self) -> bool:
@@ -108,7 +114,8 @@ class FamilyTest:
         if self.selective is None or self.above_embedding is None:
             return None
         need = self.decodable / 2
-        return self.selective > need and self.above_embedding > need
+        whole = self.whole_layer is None or self.whole_layer > need
+        return self.selective > need and self.above_embedding > need and whole
 
 
 def _family_test(s: dict[str, Any], fam: str, key: str, half: float) -> FamilyTest:
@@ -143,7 +150,61 @@ def _family_test(s: dict[str, Any], fam: str, key: str, half: float) -> FamilyTe
         if lex is not None:
             above = int((decodable & (held > lex + half)).sum())
             text += f", above the token embedding ({lex:.2f}) in {above}"
-    return FamilyTest(fam, len(rows), int(decodable.sum()), selective, above, text)
+    whole, whole_text = _whole_layer_test(s, fam, decodable)
+    text += whole_text
+    return FamilyTest(fam, len(rows), int(decodable.sum()), selective, above, text, whole)
+
+
+def _whole_layer_test(s: dict[str, Any], fam: str, decodable: np.ndarray) -> tuple[int | None, str]:
+    """The whole-layer probe's conditions, counted over every layer, and its numbers.
+
+    Returns the decodable layers meeting all three conditions (None: no whole-layer probes)
+    and the sentence that gives, over all layers, how many meet each condition, and the
+    numbers at the layer where the whole-layer probe peaks.
+
+    Example:
+        >>> s = {"per_layer": [{"layer": 0}, {"layer": 1}], "layer_probes": {
+        ...     "embedding": {"whole_layer": 0.7}, "families": {"mlp": {"whole_layer": {
+        ...     "accuracy": [0.9, 0.95], "ci_low": [0.85, 0.9], "ci_high": [0.93, 0.97],
+        ...     "selectivity": [0.1, 0.0], "selectivity_low": [0.05, -0.02],
+        ...     "selectivity_high": [0.15, 0.02]}, "random_model": [0.8, 0.8]}}}}
+        >>> n, text = _whole_layer_test(s, "mlp", np.array([True, True]))
+        >>> n, text[:70]
+        (1, '; whole-layer probe (all units, L2, nested): selectivity above 0 beyon')
+    """
+    lp = (s.get("layer_probes") or {}).get("families", {}).get(fam)
+    if not lp or "whole_layer" not in lp:
+        return None, ""
+    w = lp["whole_layer"]
+
+    def arr(v: list[float | None] | None) -> np.ndarray:
+        return np.array([np.nan if x is None else x for x in (v or [])], dtype=float)
+
+    acc, low, sel_low = arr(w["accuracy"]), arr(w["ci_low"]), arr(w.get("selectivity_low"))
+    n = len(acc)
+    sel_ok = np.nan_to_num(sel_low, nan=-1.0) > 0 if sel_low.size else np.ones(n, bool)
+    emb = (s["layer_probes"].get("embedding") or {}).get("whole_layer")
+    emb_ok = np.nan_to_num(low, nan=-1.0) > emb if emb is not None else np.ones(n, bool)
+    rnd = arr(lp.get("random_model")) if lp.get("random_model") else None
+    rnd_ok = np.nan_to_num(low, nan=-1.0) > rnd if rnd is not None else np.ones(n, bool)
+    every = decodable & sel_ok & emb_ok & rnd_ok
+    i = int(np.nanargmax(acc))
+    layer = s["per_layer"][i]["layer"]
+    sel = arr(w.get("selectivity"))
+    text = (
+        "; whole-layer probe (all units, L2, nested): selectivity above 0 beyond its interval "
+        f"in {int(sel_ok.sum())} of {n} layers"
+        + (f", accuracy above the token embedding's ({emb:.2f}) in {int(emb_ok.sum())}"
+           if emb is not None else ", no embedding baseline")
+        + (f", above the random-weights model's in {int(rnd_ok.sum())}"
+           if rnd is not None else ", no random-weights model")
+        + f", all three in {int(every.sum())} decodable layers; it peaks at {acc[i]:.2f} "
+        f"[{low[i]:.2f}, {arr(w['ci_high'])[i]:.2f}] at layer {layer}"
+        + (f", selectivity {sel[i]:+.3f} [{sel_low[i]:+.3f}, {arr(w['selectivity_high'])[i]:+.3f}]"
+           if sel.size else "")
+        + (f", random-weights model {rnd[i]:.2f}" if rnd is not None else "")
+    )  # fmt: skip
+    return int(every.sum()), text
 
 
 def probe_finding(result: ExperimentResult, claim: str | None) -> Finding:
@@ -154,8 +215,11 @@ def probe_finding(result: ExperimentResult, claim: str | None) -> Finding:
     (`chance_of`) by more than the binomial 95% half-width ``h = 1.96 * sqrt(0.25 / n)``), and
     in how many of those layers the decoding is beyond the words' identity: selectivity (held-out
     minus control-task accuracy) above ``sqrt(2) * h`` and mean held-out accuracy above the
-    token embedding's by more than ``h``. A family holds when it is decodable in more than half
-    the layers and beyond word identity in most of those. The verdict: ``holds`` when every
+    token embedding's by more than ``h``; and, where the whole-layer probes ran, the whole-layer
+    probe's selectivity above 0 beyond its interval and its accuracy's interval above the token
+    embedding's whole-layer probe and the random-weights model (`_whole_layer_test`). A family
+    holds when it is decodable in more than half the layers and beyond word identity, on every
+    one of these conditions, in most of those. The verdict: ``holds`` when every
     family holds, ``partly holds`` when some do, `WORD_IDENTITY` when the classes are decodable
     but no family is beyond word identity (a random-weights model reaches that too), else
     ``does not hold``. Without held-out folds or controls the rule falls back to decodability
@@ -170,14 +234,20 @@ def probe_finding(result: ExperimentResult, claim: str | None) -> Finding:
     if "mean_heldout_accuracy" in lex:
         parts.append(
             f"the token embedding alone: held-out accuracy {lex['mean_heldout_accuracy']:.2f} "
-            f"(mean), {lex['max_heldout_accuracy']:.2f} (best unit)"
+            f"(mean), {lex['max_heldout_accuracy']:.2f} (best unit, optimistic: the maximum "
+            "over held-out scores)"
+            + "".join(
+                f", {v:.2f} ({'nested best unit' if k == 'best_unit' else 'whole layer'})"
+                for k, v in ((s.get("layer_probes") or {}).get("embedding") or {}).items()
+                if k in ("best_unit", "whole_layer")
+            )
         )
     verdict = _verdict(tests)
     if verdict == WORD_IDENTITY:
         parts.append(
             "so the classes are decoded, but no better than a random labelling of the same "
-            "words (the control task) or the token embedding: these accuracies show the words' "
-            "identity, not tuning to the classes as such"
+            "words (the control task), the token embedding or a random-weights model: these "
+            "accuracies show the words' identity, not tuning to the classes as such"
         )
     elif any(t.beyond_word_identity is None for t in tests):
         parts.append("controls unavailable (no held-out folds or control task): decodability only")
@@ -191,6 +261,9 @@ def probe_finding(result: ExperimentResult, claim: str | None) -> Finding:
     )
     if s.get("heldout_note"):
         sample = f"{sample}; {s['heldout_note']}"
+    lp_note = (s.get("layer_probes") or {}).get("note")
+    if lp_note and lp_note not in sample:
+        sample = f"{sample}; {lp_note}"
     if s["data"].get("fallback"):
         sample = f"{text_of(s['data'])}; {sample}"
     fam, key = family_keys(s)[0]
@@ -227,6 +300,38 @@ def _verdict(tests: list[FamilyTest]) -> str:
 
 def _fmt(x: Any, spec: str) -> str:
     return "  -  " if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
+
+
+def _layer_probe_lines(s: dict[str, Any]) -> list[str]:
+    """The per-layer probes' lines of the table: each family's whole layer at its peak.
+
+    Example:
+        >>> _layer_probe_lines({"layer_probes": {"note": "unavailable: no folds"}})
+        ['per-layer probes: unavailable: no folds']
+    """
+    lp = s.get("layer_probes") or {}
+    if "note" in lp:
+        return [f"per-layer probes: {lp['note']}"]
+    lines = []
+    emb = (lp.get("embedding") or {}).get("whole_layer")
+    for fam, d in (lp.get("families") or {}).items():
+        w, b = d["whole_layer"], d["best_unit"]
+        acc = np.array([np.nan if v is None else v for v in w["accuracy"]])
+        if not np.isfinite(acc).any():
+            continue
+        i = int(np.nanargmax(acc))
+        rnd = d.get("random_model")
+        layer = s["per_layer"][i]["layer"]
+        lines.append(
+            f"{LABELS.get(fam, fam)} whole layer: peak {acc[i]:.3f} [{w['ci_low'][i]:.3f}, "
+            f"{w['ci_high'][i]:.3f}] at layer {layer}, selectivity "
+            f"{_fmt(w['selectivity'][i], '+.3f')} [{_fmt(w['selectivity_low'][i], '+.3f')}, "
+            f"{_fmt(w['selectivity_high'][i], '+.3f')}], nested best unit "
+            f"{_fmt(b['accuracy'][i], '.3f')}"
+            + (f", embedding {emb:.3f}" if emb is not None else "")
+            + (f", random-weights model {rnd[i]:.3f}" if rnd else "")
+        )
+    return lines
 
 
 def probe_table(result: ExperimentResult) -> str:
@@ -274,9 +379,15 @@ def probe_table(result: ExperimentResult) -> str:
             f"best unit ({b['rule']} rule): {b['component']} layer {b['layer']} unit "
             f"{b['unit']} ({b['group']}), accuracy {b['accuracy']:.3f}, beta {b['beta']:.3g}"
         )
+    lines += _layer_probe_lines(s)
     t = s["timing_s"]
     lines.append(
-        f"time: forward {t['forward']:.1f} s, statistics {t['fit']:.1f} s, total "
-        f"{t.get('total', 0):.1f} s"
+        f"time: forward {t['forward']:.1f} s, statistics {t['fit']:.1f} s, "
+        + "".join(
+            f"{name} {t[key]:.1f} s, "
+            for key, name in (("layer_probes", "layer probes"), ("random_model", "random model"))
+            if key in t
+        )
+        + f"total {t.get('total', 0):.1f} s"
     )
     return "\n".join(lines)

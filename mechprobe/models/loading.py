@@ -16,7 +16,7 @@ import io
 import logging
 import os
 import platform
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -191,4 +191,49 @@ def load_model(
     bridge.mechprobe_placement = placement or Placement(
         device=None if device is None else str(device), dtype=str(dtype).removeprefix("torch.")
     )
+    return bridge
+
+
+def random_weights_model(model: Model, seed: int = 0) -> Model:
+    """The same architecture as ``model``, randomly initialised (seeded), as a bridge.
+
+    The random-weights control of the probes: built from ``model``'s own HuggingFace config
+    (``AutoModelForCausalLM.from_config``, the architecture's own initialisation, inside a
+    forked RNG seeded with ``seed``), so nothing is downloaded, not even for the offline GGUF
+    models, whose config came with their conversion. Same tokenizer, device and dtype. What a
+    probe decodes from it comes from the architecture and the input tokens, not from training.
+
+    Example:
+        >>> rnd = random_weights_model(load_model("tiny-gpt2"), seed=1)
+        >>> rnd.cfg.n_layers, rnd.mechprobe_name
+        (2, 'tiny-gpt2 (random weights, seed 1)')
+    """
+    import copy
+
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoModelForCausalLM
+
+    hf_old = cast(Any, model).original_model  # the bridge's HuggingFace model
+    config = copy.deepcopy(hf_old.config)
+    config._attn_implementation = "eager"
+    param = next(hf_old.parameters())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        hf = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    hf = _prepare(hf, param.device, param.dtype)
+    quiet = io.StringIO()
+    logging.getLogger("transformer_lens").setLevel(logging.ERROR)
+    name = getattr(model, "mechprobe_name", config.name_or_path)
+    with contextlib.redirect_stdout(quiet):
+        bridge = TransformerBridge.boot_transformers(
+            name,
+            hf_model=hf,
+            tokenizer=model.tokenizer,
+            device=str(param.device),
+            dtype=param.dtype,
+        )
+    bridge.eval()
+    bridge.requires_grad_(False)
+    bridge.mechprobe_name = f"{name} (random weights, seed {seed})"
+    bridge.mechprobe_placement = getattr(model, "mechprobe_placement", None)
     return bridge

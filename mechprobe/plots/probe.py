@@ -323,6 +323,123 @@ def heatmap_figure(
     return fig
 
 
+#: The rows of the layer-probe figure: (probe kind or baseline, legend name, dash, colour).
+LAYER_ROWS = (
+    ("whole_layer", "whole layer (all units, L2)", "solid", "#1f3b73"),
+    ("best_unit", "best unit, nested", "solid", "#e07a1f"),
+    ("unit_mean", "mean unit", "solid", "#7f7f7f"),
+    ("control", "whole layer, control task", "dot", "#1f3b73"),
+    ("embedding", "whole layer, token embedding", "dash", "#555555"),
+    ("random_model", "whole layer, random-weights model", "dashdot", "#b23a48"),
+)
+#: What each of those rows is, for the caption.
+LAYER_ROW_TEXT = {
+    "whole_layer": "the whole-layer probe (L2 logistic on every unit, C chosen on the training "
+    "folds)",
+    "best_unit": "the nested best unit (chosen on the training folds, scored on the held-out fold)",
+    "unit_mean": "the mean unit (mean held-out accuracy of all units)",
+    "control": "the whole-layer probe on the control task (dotted)",
+    "embedding": "the whole-layer probe on the token embedding (dashed)",
+    "random_model": "the whole-layer probe on a random-weights copy of the model (dash-dot)",
+}
+
+
+def _layer_rows(a: Mapping[str, np.ndarray], fam: str) -> dict[str, tuple[Any, Any, Any]]:
+    """``{row: (accuracy, ci_low, ci_high)}`` of one family's layer probes, as drawn.
+
+    Example:
+        >>> a = {"mlp_lp_accuracy": np.full((2, 6), 0.8), "mlp_lp_ci_low": np.full((2, 6), 0.7),
+        ...      "mlp_lp_ci_high": np.full((2, 6), 0.9)}
+        >>> sorted(_layer_rows(a, "mlp"))
+        ['best_unit', 'unit_mean', 'whole_layer']
+    """
+    from mechprobe.experiments.probe_layers import PROBE_KINDS
+
+    if f"{fam}_lp_accuracy" not in a:
+        return {}
+    acc, low, high = (a[f"{fam}_lp_{k}"] for k in ("accuracy", "ci_low", "ci_high"))
+    col = {k: PROBE_KINDS.index(k) for k in ("whole_layer", "best_unit", "unit_mean")}
+    rows: dict[str, tuple[Any, Any, Any]] = {}
+    for name, j in col.items():
+        if np.isfinite(acc[:, j]).any():
+            rows[name] = (acc[:, j], low[:, j], high[:, j])
+    w = col["whole_layer"]
+    if (
+        f"{fam}_lp_control_accuracy" in a
+        and np.isfinite(a[f"{fam}_lp_control_accuracy"][:, w]).any()
+    ):
+        rows["control"] = (a[f"{fam}_lp_control_accuracy"][:, w], None, None)
+    if "embed_lp_accuracy" in a and np.isfinite(a["embed_lp_accuracy"][w]):
+        rows["embedding"] = (np.full(acc.shape[0], a["embed_lp_accuracy"][w]), None, None)
+    rnd = a.get(f"{fam}_lp_random_model_accuracy")
+    if rnd is not None and np.isfinite(rnd[:, w]).any():
+        rows["random_model"] = (rnd[:, w], None, None)
+    return rows
+
+
+def layer_probe_figure(
+    layers: Sequence[int],
+    a: Mapping[str, np.ndarray],
+    families: Sequence[str],
+    *,
+    title: str,
+    chance: float | None = None,
+) -> go.Figure | None:
+    """Per layer and family: the whole layer, nested best unit, mean unit and the baselines.
+
+    Held-out accuracy with Wilson 95% bands for the probes of the real task; the control
+    task, the token embedding and the random-weights model as lines (`LAYER_ROWS`). None when
+    no family has layer probes.
+    """
+    fams = [f for f in families if _layer_rows(a, f)]
+    if not fams:
+        return None
+    fig = make_subplots(rows=1, cols=len(fams), subplot_titles=[LABELS.get(f, f) for f in fams],
+                        shared_yaxes=True)  # fmt: skip
+    for col, fam in enumerate(fams, start=1):
+        rows = _layer_rows(a, fam)
+        for key, name, dash, colour in LAYER_ROWS:
+            if key not in rows:
+                continue
+            acc, low, high = rows[key]
+            if low is not None:
+                fig.add_trace(
+                    go.Scatter(
+                        x=list(layers) + list(layers)[::-1],
+                        y=list(high) + list(low)[::-1],
+                        mode="lines",
+                        fill="toself",
+                        fillcolor=colour,
+                        opacity=0.15,
+                        line={"width": 0},
+                        hoverinfo="skip",
+                        showlegend=False,
+                        legendgroup=key,
+                    ),
+                    row=1,
+                    col=col,
+                )
+            fig.add_trace(
+                go.Scatter(
+                    x=list(layers),
+                    y=list(acc),
+                    mode="lines+markers",
+                    name=name,
+                    legendgroup=key,
+                    showlegend=col == 1,
+                    line={"dash": dash, "color": colour},
+                ),
+                row=1,
+                col=col,
+            )
+        if chance is not None:
+            fig.add_hline(y=chance, line={"width": 1, "color": "#999999"}, row=1, col=col)
+        fig.update_xaxes(title_text="layer", dtick=1 if len(layers) <= 12 else None, row=1, col=col)
+    fig.update_yaxes(title_text="held-out accuracy", row=1, col=1)
+    fig.update_layout(template=TEMPLATE, title=title, height=520, width=1200)
+    return fig
+
+
 def _curves(per_layer: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
     curves: dict[str, dict[str, list[float]]] = {}
     for row in per_layer:
@@ -388,7 +505,18 @@ def captions(result: Any) -> dict[str, str]:
         f"Each unit's beta at the detail layer, in unit order ({', then '.join(order)}); large "
         "dots are significant units."
     )
-    return {"laminar": laminar, "beta_by_unit": beta}
+    out = {"laminar": laminar, "beta_by_unit": beta}
+    a = getattr(result, "arrays", {}) or {}
+    drawn = [f for f in fams if _layer_rows(a, f)]
+    if drawn:
+        keys = [k for k, *_ in LAYER_ROWS if any(k in _layer_rows(a, f) for f in drawn)]
+        out["layer_probes"] = (
+            f"Per layer ({', '.join(LABELS.get(f, f) for f in drawn)}), held-out accuracy of "
+            + "; ".join(LAYER_ROW_TEXT[k] for k in keys)
+            + ". Shaded: Wilson 95% intervals of the probes on the real task; thin line: chance."
+            " All on the same grouped folds."
+        )
+    return out
 
 
 def figures(result: Any) -> dict[str, go.Figure | None]:
@@ -423,6 +551,15 @@ def figures(result: Any) -> dict[str, go.Figure | None]:
             chance=chance_of(s),
         )
     }
+    out["layer_probes"] = layer_probe_figure(
+        layers,
+        a,
+        list(s["components"]),
+        title="Whole-layer and best-unit probes per layer, with baselines<br><sup>"
+        f"n = {counts}; held-out on {s['folds']} grouped folds; penalty and units chosen on "
+        "the training folds</sup>",
+        chance=chance_of(s),
+    )
     detail = s["detail_layer"]
     row = layers.index(detail)
     slices = s["qkv_layout"]["slices"]

@@ -176,6 +176,13 @@ class HeldoutResult:
         intercept: Intercept of each fold's training fit, shape ``[folds, units]``.
         separated: Whether the unit (quasi-)separates the classes of each training split,
             shape ``[folds, units]``.
+        train_accuracy: Each fold's fit's accuracy on its own training split (the same
+            decision rule as held out), shape ``[folds, units]``.
+        best_unit: The unit with the highest training accuracy of each fold's training split
+            (ties: the first unit), shape ``[folds]``: the best unit chosen without the
+            held-out fold (`nested_best_unit`).
+        best_correct: Whether each sample's prediction by its fold's `best_unit` is right,
+            shape ``[samples]``: the nested best unit's held-out accuracy is its mean.
     """
 
     accuracy: UnitFloats
@@ -184,6 +191,9 @@ class HeldoutResult:
     beta: Float[np.ndarray, "folds units"]
     intercept: Float[np.ndarray, "folds units"]
     separated: Shaped[np.ndarray, "folds units"]
+    train_accuracy: Float[np.ndarray, "folds units"] | None = None
+    best_unit: Int[np.ndarray, " folds"] | None = None
+    best_correct: Shaped[np.ndarray, " samples"] | None = None
 
     @property
     def n_folds(self) -> int:
@@ -267,6 +277,10 @@ def heldout_eval(
     accuracy, auc = np.full(m, np.nan), np.full(m, np.nan)
     beta, intercept = np.full((k, m), np.nan), np.full((k, m), np.nan)
     separated = np.zeros((k, m), dtype=bool)
+    train_acc = np.full((k, m), np.nan)
+    best_val = np.full(k, -np.inf)
+    best_at = np.zeros(k, dtype=np.int64)
+    best_correct = np.zeros(n, dtype=bool)
     tests = [np.flatnonzero(fold == f) for f in range(k)]
     trains = [np.flatnonzero(fold != f) for f in range(k)]
     for lo in range(0, m, chunk):
@@ -281,13 +295,31 @@ def heldout_eval(
             beta[f, lo:hi], intercept[f, lo:hi] = fit.beta, fit.intercept
             separated[f, lo:hi] = fit.separated
             dec[te] = _decision(xc[tr], yv[tr], xc[te], fit.beta, fit.intercept)
+            own = _decision(xc[tr], yv[tr], xc[tr], fit.beta, fit.intercept)
+            with np.errstate(invalid="ignore"):
+                acc_tr = np.mean((own > 0) == (yv[tr, None] == 1), axis=0)
+            acc_tr[np.isnan(own).any(axis=0)] = np.nan
+            train_acc[f, lo:hi] = acc_tr
+            if np.isfinite(acc_tr).any():
+                j = int(np.nanargmax(acc_tr))
+                if acc_tr[j] > best_val[f]:  # strictly: ties keep the earlier unit
+                    best_val[f], best_at[f] = acc_tr[j], lo + j
+                    best_correct[te] = (dec[te, j] > 0) == (yv[te] == 1)
         with np.errstate(invalid="ignore"):
             accuracy[lo:hi] = np.mean((dec > 0) == (yv[:, None] == 1), axis=0)
         accuracy[lo:hi][np.isnan(dec).any(axis=0)] = np.nan
         auc[lo:hi] = roc_auc(dec, yv)
         auc[lo:hi][xc.max(axis=0) == xc.min(axis=0)] = 0.5
     return HeldoutResult(
-        accuracy=accuracy, auc=auc, fold=fold, beta=beta, intercept=intercept, separated=separated
+        accuracy=accuracy,
+        auc=auc,
+        fold=fold,
+        beta=beta,
+        intercept=intercept,
+        separated=separated,
+        train_accuracy=train_acc,
+        best_unit=best_at,
+        best_correct=best_correct,
     )
 
 

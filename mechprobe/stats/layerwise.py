@@ -32,19 +32,28 @@ def heldout_layers(
 ) -> dict[str, np.ndarray]:
     """Held-out accuracy and ROC AUC of every unit of every layer (``[layer, units]`` each).
 
+    Also the nested best unit of each layer (`mechprobe.stats.heldout.HeldoutResult`):
+    ``best_unit`` ``[layer, folds]`` (chosen by training accuracy on each training split) and
+    ``best_correct`` ``[layer, samples]`` (its held-out predictions right or wrong).
+
     Example:
         >>> y = np.array([0, 1] * 10)
         >>> res = heldout_layers(torch.randn(20, 1, 2), y, np.arange(20) // 2 % 2)
         >>> sorted(res)
-        ['accuracy', 'auc']
+        ['accuracy', 'auc', 'best_correct', 'best_unit']
     """
     n_layers, n_units = x.shape[1], x.shape[2]
     acc, auc = np.full((n_layers, n_units), np.nan), np.full((n_layers, n_units), np.nan)
+    n_folds = np.unique(np.asarray(folds)).size
+    best_unit = np.zeros((n_layers, n_folds), dtype=np.int64)
+    best_correct = np.zeros((n_layers, x.shape[0]), dtype=bool)
     show = progress if progress is not None else n_layers > 1
     for i in tqdm(range(n_layers), desc=desc, disable=not show, unit="layer"):
         res = heldout_eval(x[:, i, :], labels, folds)
         acc[i], auc[i] = res.accuracy, res.auc
-    return {"accuracy": acc, "auc": auc}
+        assert res.best_unit is not None and res.best_correct is not None
+        best_unit[i], best_correct[i] = res.best_unit, res.best_correct
+    return {"accuracy": acc, "auc": auc, "best_unit": best_unit, "best_correct": best_correct}
 
 
 def firth_layers(
