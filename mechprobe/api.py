@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from mechprobe.models.types import Model
 
 __all__ = [
+    "PatchResult",
     "ProbeResult",
     "Result",
     "crosscheck",
@@ -50,7 +51,6 @@ __all__ = [
     "load_result",
     "negation",
     "patch",
-    "PatchResult",
     "probe",
     "replace",
     "similarity",
@@ -255,15 +255,19 @@ class PatchResult(Result):
             ...   "corrupt": "When Mary and John went to the store, Mary gave a drink to",
             ...   "answer": " Mary", "wrong": " John"}] * 2
             >>> df = patch(model, rows, components=["resid_pre", "z"], n_boot=100).to_dataframe()
-            >>> list(df.columns), len(df)  # 2 layers x (16 positions + 4 heads) x 2 pairs
-            (['component', 'layer', 'pos', 'head', 'pair', 'value'], 80)
+            >>> list(df.columns), len(df)  # 2 layers x (15 positions + 4 heads) x 2 pairs
+            (['component', 'layer', 'pos', 'head', 'pair', 'value'], 76)
         """
         return self._long(per_pair=True)
 
     @property
     def cells(self) -> Any:
-        """One row per cell: ``component``, ``layer``, ``pos``, ``head``, ``mean`` (normalised
-        effect), ``ci_low``, ``ci_high``, ``pvalue``, ``qvalue``."""
+        """One row per cell patched, with its statistics.
+
+        Columns: ``component``, ``layer``, ``pos``, ``head``, ``mean`` (the normalised effect),
+        ``ci_low``, ``ci_high`` (95% bootstrap interval), ``pvalue`` (sign flips), ``qvalue``
+        (Benjamini-Hochberg across every cell of the run).
+        """
         return self._long(per_pair=False)
 
     def _long(self, per_pair: bool) -> Any:
@@ -627,7 +631,7 @@ def patch(
         spec,
         {"pairs": str(pairs) if named else "(given)", "components": tuple(components), **options},
     )
-    loaded = load_pairs(pairs if named else list(pairs))
+    loaded = load_pairs(pairs if isinstance(pairs, (str, Path)) else list(pairs))
     data = Inputs({"pairs": pairs_sha256(loaded)}, loaded)
     result = _run(spec, config, model, reference, data)
     assert isinstance(result, PatchResult)

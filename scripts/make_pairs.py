@@ -15,8 +15,28 @@ from pathlib import Path
 
 DATA = Path(__file__).resolve().parent.parent / "mechprobe" / "data"
 
-NAMES = ["Mary", "John", "Tom", "James", "Paul", "Anna", "Sarah", "Kate", "Lisa", "Emma",
-         "David", "Peter", "Alice", "Jack", "Sam", "Ben", "Laura", "Rose", "Eric", "Mike"]
+NAMES = [
+    "Mary",
+    "John",
+    "Tom",
+    "James",
+    "Paul",
+    "Anna",
+    "Sarah",
+    "Kate",
+    "Lisa",
+    "Emma",
+    "David",
+    "Peter",
+    "Alice",
+    "Jack",
+    "Sam",
+    "Ben",
+    "Laura",
+    "Rose",
+    "Eric",
+    "Mike",
+]
 PLACES = ["store", "park", "school", "office", "garden", "beach", "market", "station"]
 OBJECTS = ["drink", "book", "ball", "gift", "ring", "letter", "key", "bag", "pen", "cake"]
 IOI_TEMPLATES = {
@@ -27,13 +47,28 @@ IOI_TEMPLATES = {
     "got": "When {A} and {B} got a {obj} at the {place}, {B} decided to give it to",
 }
 #: (subject, the state named, its opposite)
-STATES = [("light", "on", "off"), ("door", "open", "closed"), ("water", "hot", "cold"),
-          ("glass", "full", "empty"), ("towel", "wet", "dry"), ("plant", "alive", "dead"),
-          ("lamp", "on", "off"), ("window", "open", "closed"), ("soup", "hot", "cold"),
-          ("box", "full", "empty"), ("road", "wet", "dry"), ("fish", "alive", "dead"),
-          ("oven", "hot", "cold"), ("shop", "open", "closed"), ("bottle", "full", "empty"),
-          ("shirt", "wet", "dry"), ("tea", "hot", "cold"), ("gate", "open", "closed"),
-          ("radio", "on", "off"), ("cup", "full", "empty")]
+STATES = [
+    ("light", "on", "off"),
+    ("door", "open", "closed"),
+    ("water", "hot", "cold"),
+    ("glass", "full", "empty"),
+    ("towel", "wet", "dry"),
+    ("plant", "alive", "dead"),
+    ("lamp", "on", "off"),
+    ("window", "open", "closed"),
+    ("soup", "hot", "cold"),
+    ("box", "full", "empty"),
+    ("road", "wet", "dry"),
+    ("fish", "alive", "dead"),
+    ("oven", "hot", "cold"),
+    ("shop", "open", "closed"),
+    ("bottle", "full", "empty"),
+    ("shirt", "wet", "dry"),
+    ("tea", "hot", "cold"),
+    ("gate", "open", "closed"),
+    ("radio", "on", "off"),
+    ("cup", "full", "empty"),
+]
 #: {state} is named in the first sentence; clean negates it, corrupt affirms it (same length).
 NEGATION_TEMPLATES = {
     "yes_no": ("Is the {s} {x}? No, the {s} is", "Is the {s} {x}? Yes, the {s} is"),
@@ -57,8 +92,15 @@ def ioi_pairs(n_per_template: int = 24, seed: int = 0) -> list[dict[str, str]]:
             # the second mention names the other person: the answer flips to B
             corrupt = t.replace("{B} gave", "{A} gave").replace("{B} decided", "{A} decided")
             corrupt = corrupt.format(A=a, B=b, place=place, obj=obj)
-            out.append({"clean": clean, "corrupt": corrupt, "answer": f" {a}",
-                        "wrong": f" {b}", "template": name})
+            out.append(
+                {
+                    "clean": clean,
+                    "corrupt": corrupt,
+                    "answer": f" {a}",
+                    "wrong": f" {b}",
+                    "template": name,
+                }
+            )
     return out
 
 
@@ -67,8 +109,15 @@ def negation_pairs() -> list[dict[str, str]]:
     out = []
     for name, (clean_t, corrupt_t) in NEGATION_TEMPLATES.items():
         for s, x, y in STATES:
-            out.append({"clean": clean_t.format(s=s, x=x), "corrupt": corrupt_t.format(s=s, x=x),
-                        "answer": f" {y}", "wrong": f" {x}", "template": name})
+            out.append(
+                {
+                    "clean": clean_t.format(s=s, x=x),
+                    "corrupt": corrupt_t.format(s=s, x=x),
+                    "answer": f" {y}",
+                    "wrong": f" {x}",
+                    "template": name,
+                }
+            )
     return out
 
 
@@ -76,13 +125,14 @@ def check(pairs: list[dict[str, str]]) -> None:
     """Every pair: clean/corrupt the same length and one-token answers, on all three tokenizers."""
     from transformers import AutoTokenizer
 
+    from mechprobe.models import load_model
     from mechprobe.models.gguf import gemma3_dir, smollm2_dir
 
-    from mechprobe.models import load_model
-
-    toks = {"gpt2": load_model("tiny-gpt2", device="cpu").tokenizer,
-            "smollm2": AutoTokenizer.from_pretrained(smollm2_dir()),
-            "gemma3": AutoTokenizer.from_pretrained(gemma3_dir())}
+    toks = {
+        "gpt2": load_model("tiny-gpt2", device="cpu").tokenizer,
+        "smollm2": AutoTokenizer.from_pretrained(smollm2_dir()),
+        "gemma3": AutoTokenizer.from_pretrained(gemma3_dir()),
+    }
     for tname, tok in toks.items():
         for i, p in enumerate(pairs):
             a, b = tok(p["clean"]).input_ids, tok(p["corrupt"]).input_ids

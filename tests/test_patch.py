@@ -79,12 +79,12 @@ def test_resid_pre_equals_plain_hf_pre_hook(tiny_patch, tiny_model, tiny_referen
     for layer, pos in itertools.product(range(2), range(clean.shape[1])):
         block = hf.transformer.h[layer]
         seen = {}
-        h = block.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0].clone()))
+        h = block.register_forward_pre_hook(lambda m, a, s=seen: s.setdefault("x", a[0].clone()))
         with torch.inference_mode():
             hf(clean)
         h.remove()
 
-        def put(m, a, layer=layer, pos=pos):
+        def put(m, a, pos=pos, seen=seen):
             x = a[0].clone()
             x[:, pos] = seen["x"][:, pos]
             return (x, *a[1:])

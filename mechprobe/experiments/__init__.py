@@ -19,9 +19,7 @@ if TYPE_CHECKING:
     from mechprobe.experiments.spec import Experiment
 
 #: Module names of the experiments, in report order.
-EXPERIMENTS = ("crosscheck", "negation", "heads", "similarity", "replace", "probe")
-#: Experiments added after the course's six (not in ``mechprobe all`` unless their spec says).
-EXPERIMENTS += ("patch",)
+EXPERIMENTS = ("crosscheck", "negation", "heads", "similarity", "replace", "probe", "patch")
 
 
 @cache

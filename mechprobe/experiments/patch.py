@@ -122,8 +122,9 @@ def inputs(config: PatchConfig) -> Inputs:
     """The pairs, read and validated once (a bad file fails before the model loads).
 
     Example:
-        >>> inputs(PatchConfig()).sha256["pairs"][:8] == pairs_sha256(load_pairs("ioi"))[:8]
-        True
+        >>> loaded = inputs(PatchConfig(pairs="negation"))
+        >>> len(loaded.data), len(loaded.sha256["pairs"])
+        (100, 64)
     """
     from mechprobe.corpus.pairs import load_pairs, pairs_sha256
 
@@ -134,7 +135,7 @@ def inputs(config: PatchConfig) -> Inputs:
 def _reference_cells(
     cells: list[tuple[str, int, int]], means: np.ndarray, k: int, seed: int
 ) -> list[int]:
-    """Indices of the cells rerun through HF: all of a small run, else the k/2 strongest + random."""
+    """The cells rerun through HF: all of a small run, else the k/2 strongest and k/2 random."""
     if len(cells) <= ALL_REFERENCE_CELLS:
         return list(range(len(cells)))
     order = np.argsort(-np.nan_to_num(np.abs(means), nan=-1.0))
@@ -145,9 +146,7 @@ def _reference_cells(
     return sorted(strongest + picked)
 
 
-def run(
-    config: PatchConfig, model: Model, reference: Any, data: Any = None
-) -> ExperimentResult:
+def run(config: PatchConfig, model: Model, reference: Any, data: Any = None) -> ExperimentResult:
     """Patch every cell of the chosen components over every pair; statistics; HF check.
 
     Args:
@@ -164,14 +163,13 @@ def run(
         ``[pair]``.
 
     Example:
-        >>> import json, pathlib
         >>> rows = [{"clean": "When Mary and John went to the store, John gave a drink to",
         ...          "corrupt": "When Mary and John went to the store, Mary gave a drink to",
         ...          "answer": " Mary", "wrong": " John"}] * 3
         >>> res = run(resolve(PatchConfig(components=("resid_pre",), n_boot=100),
         ...           model_shape(model)), model, (hf, tok), rows)
         >>> res.arrays["resid_pre"].shape, res.summary["reference"]["passed"]
-        ((2, 16, 3), True)
+        ((2, 15, 3), True)
     """
     from mechprobe.corpus.pairs import load_pairs, tokenise_pairs
     from mechprobe.experiments.patch_core import POSITION_COMPONENTS, PatchRunner
@@ -254,9 +252,7 @@ def run(
          "ci_high": float(st.ci_high[k]), "pvalue": float(st.pvalue[k]), "qvalue": float(q[k])}
         for k in order
     ]  # fmt: skip
-    summary["reference"] = _check_reference(
-        config, reference, tp, runner, values, cells, st.mean
-    )
+    summary["reference"] = _check_reference(config, reference, tp, runner, values, cells, st.mean)
     summary["seconds"] = time.perf_counter() - started
     return ExperimentResult(NAME, arrays, summary)
 
@@ -324,9 +320,7 @@ def finding(result: ExperimentResult) -> Finding:
             sample=f"{n} pairs",
         )
     top = s["top_cells"][0]
-    strong = [
-        c for c in s["top_cells"] if c["qvalue"] < s["alpha"] and c["ci_low"] > 0
-    ]
+    strong = [c for c in s["top_cells"] if c["qvalue"] < s["alpha"] and c["ci_low"] > 0]
     listed = "; ".join(
         f"{_cell_name(c)} {c['mean']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}], q "
         f"{c['qvalue']:.3g}"
@@ -395,7 +389,7 @@ def table(result: ExperimentResult) -> str:
 
 def depth_curves(result: ExperimentResult) -> dict[str, tuple[list[int], list[float]]]:
     """Per layer, the largest normalised effect of each position component (for sweeps)."""
-    a, s = result.arrays, result.summary
+    a = result.arrays
     out = {}
     for c in ("resid_pre", "attn_out", "mlp_out"):
         if f"{c}_mean" in a:

@@ -19,13 +19,13 @@ Example:
     >>> tp = tokenise_pairs(model, load_pairs("ioi")[:3])
     >>> runner = PatchRunner(model, tp)
     >>> runner.values("resid_pre").shape  # [layer, pos, pair]
-    (2, 16, 3)
+    (2, 15, 3)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -54,9 +54,7 @@ POINT = {
 }
 
 
-def logit_diff(
-    logits: Tensor, answer: Tensor, wrong: Tensor
-) -> Tensor:
+def logit_diff(logits: Tensor, answer: Tensor, wrong: Tensor) -> Tensor:
     """``logits[answer] - logits[wrong]`` per row of ``[rows, vocab]`` last-position logits.
 
     Example:
@@ -87,7 +85,7 @@ class PatchRunner:
     """
 
     def __init__(self, model: Model, pairs: TokenisedPairs, *, batch_tokens: int = 4096) -> None:
-        self.model = model
+        self.model: Any = cast(Any, model)  # the bridge: blocks, ln_final, unembed, caches
         self.pairs = pairs
         self.batch_tokens = batch_tokens
         self.n_layers = int(model.cfg.n_layers)
@@ -108,20 +106,28 @@ class PatchRunner:
                 clean_ids = torch.tensor([pairs.clean[i] for i in g])
                 corrupt_ids = torch.tensor([pairs.corrupt[i] for i in g])
                 ans, wrong = torch.as_tensor(pairs.answer[g]), torch.as_tensor(pairs.wrong[g])
-                logits, cache = model.run_with_cache(clean_ids, names_filter=lambda n: n in names)
+                logits, cache = self.model.run_with_cache(
+                    clean_ids, names_filter=lambda n: n in names
+                )
                 self.clean[g] = logit_diff(logits[:, -1], ans, wrong).double().numpy()
                 self._cache.append({k: v for k, v in cache.items() if k in names})
                 kwargs = self._block_kwargs(corrupt_ids[:1])
                 resid_names = [hook_name(L, "resid_pre") for L in range(self.n_layers)]
-                logits, cache = model.run_with_cache(
-                    corrupt_ids, names_filter=lambda n: n in resid_names
+                logits, cache = self.model.run_with_cache(
+                    corrupt_ids, names_filter=lambda n, keep=resid_names: n in keep
                 )
                 self.corrupt[g] = logit_diff(logits[:, -1], ans, wrong).double().numpy()
                 self._resid.append([cache[n] for n in resid_names])
                 self._kwargs.append(kwargs)
                 quick = self._tail(0, self._resid[-1][0], kwargs, [])
-                diff = (logit_diff(quick, ans, wrong).double() - logits[:, -1].new_tensor(
-                    self.corrupt[g]).double()).abs().max()
+                diff = (
+                    (
+                        logit_diff(quick, ans, wrong).double()
+                        - logits[:, -1].new_tensor(self.corrupt[g]).double()
+                    )
+                    .abs()
+                    .max()
+                )
                 self.fast_check = max(self.fast_check, float(diff))
         scale = 1.0 + float(np.nanmax(np.abs(self.corrupt)))
         self.fast = self.fast_check <= 1e-4 * scale
@@ -158,7 +164,7 @@ class PatchRunner:
         hooks: Sequence[tuple[str, Callable[..., Any]]],
     ) -> Tensor:
         """Blocks ``start ..`` on the residual ``x``, then the last position's logits."""
-        with self.model.hooks(fwd_hooks=list(hooks)):
+        with self.model.hooks(fwd_hooks=list(hooks)):  # the bridge's own temporary hooks
             for L in range(start, self.n_layers):
                 args, kw = kwargs[L]
                 out = self.model.blocks[L](x, *args, **kw)

@@ -16,7 +16,7 @@ Example:
     >>> eff = np.array([[1.0, 2.0, 3.0, 4.0], [0.1, -0.1, 0.2, -0.2]])
     >>> st = cell_statistics(eff, np.full(4, 2.0), n_boot=200)
     >>> st.mean.round(3).tolist(), st.pvalue.round(3).tolist()
-    [[1.25, 0.0], [0.125, 1.0]]
+    ([1.25, 0.0], [0.125, 1.0])
 """
 
 from __future__ import annotations
