@@ -68,14 +68,27 @@ STATES = [
     ("gate", "open", "closed"),
     ("radio", "on", "off"),
     ("cup", "full", "empty"),
+    ("kettle", "hot", "cold"),
+    ("jar", "full", "empty"),
+    ("coat", "wet", "dry"),
+    ("heater", "on", "off"),
+    ("screen", "on", "off"),
 ]
-#: {state} is named in the first sentence; clean negates it, corrupt affirms it (same length).
+#: Clean negates the state (answer: its opposite), corrupt affirms it; the same token length.
 NEGATION_TEMPLATES = {
-    "yes_no": ("Is the {s} {x}? No, the {s} is", "Is the {s} {x}? Yes, the {s} is"),
+    "either": (
+        "The {s} was either {x} or {y}. It was not {x}. It was",
+        "The {s} was either {x} or {y}. It was still {x}. It was",
+    ),
+    "since": (
+        "The {s} is {x} or {y}. Since it is not {x}, it is",
+        "The {s} is {x} or {y}. Since it is still {x}, it is",
+    ),
+    "either_so": (
+        "The {s} is either {x} or {y}. It is not {x}, so it is",
+        "The {s} is either {x} or {y}. It is still {x}, so it is",
+    ),
     "not_so": ("The {s} is not {x}, so the {s} is", "The {s} is very {x}, so the {s} is"),
-    "isnt": ("The {s} was not {x}. The {s} was", "The {s} was very {x}. The {s} was"),
-    "never": ("The {s} is never {x}. It is always", "The {s} is always {x}. It is always"),
-    "not_opposite": ("It is not {x}. The {s} is", "It is very {x}. The {s} is"),
 }
 
 
@@ -111,8 +124,8 @@ def negation_pairs() -> list[dict[str, str]]:
         for s, x, y in STATES:
             out.append(
                 {
-                    "clean": clean_t.format(s=s, x=x),
-                    "corrupt": corrupt_t.format(s=s, x=x),
+                    "clean": clean_t.format(s=s, x=x, y=y),
+                    "corrupt": corrupt_t.format(s=s, x=x, y=y),
                     "answer": f" {y}",
                     "wrong": f" {x}",
                     "template": name,
