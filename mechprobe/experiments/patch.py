@@ -35,6 +35,7 @@ from mechprobe.validate import (
     check_seed,
     check_tolerance,
     parse_choices,
+    parse_int,
     parse_layers,
 )
 
@@ -76,7 +77,7 @@ class PatchConfig:
         None, "layers to patch: 'all' or 0,3,5 (all)", parse=parse_layers
     )
     max_pairs: int | None = option(
-        None, "use the first N pairs only (default: all)", parse=lambda t: int(t)
+        None, "use the first N pairs only (default: all)", parse=parse_int
     )
     n_boot: int = option(1000, "bootstrap resamples over templates/pairs (1000)")
     n_perm: int = option(1000, "sign-flip permutations per cell above 12 pairs (1000)")
