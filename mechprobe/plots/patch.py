@@ -69,7 +69,7 @@ def heatmaps(
             row=1, col=k + 1,
         )  # fmt: skip
         fig.update_yaxes(title_text="layer" if k == 0 else None, autorange="reversed",
-                         row=1, col=k + 1)  # fmt: skip
+                         dtick=1 if m.shape[0] <= 16 else 5, row=1, col=k + 1)  # fmt: skip
         fig.update_xaxes(title_text=x_title, row=1, col=k + 1)
     return themed(fig, title=title, height=max(320, 22 * means[0].shape[0] + 160))
 
