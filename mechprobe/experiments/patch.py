@@ -291,7 +291,7 @@ def _check_reference(
             if not np.isfinite(worst):
                 break
     passed = bool(np.isfinite(worst) and worst <= config.tolerance)
-    return {"cells": len(picked), "max_abs_diff": worst, "tolerance": config.tolerance,
+    return {"cells": len(picked), "max_abs_diff": float(worst), "tolerance": config.tolerance,
             "passed": passed}  # fmt: skip
 
 
