@@ -35,6 +35,8 @@ _EXPORTS = {
     "similarity": "mechprobe.api",
     "replace": "mechprobe.api",
     "crosscheck": "mechprobe.api",
+    "patch": "mechprobe.api",
+    "PatchResult": "mechprobe.api",
     "load_result": "mechprobe.api",
     "Result": "mechprobe.api",
     "ProbeResult": "mechprobe.api",

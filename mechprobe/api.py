@@ -43,12 +43,14 @@ if TYPE_CHECKING:
     from mechprobe.models.types import Model
 
 __all__ = [
+    "PatchResult",
     "ProbeResult",
     "Result",
     "crosscheck",
     "heads",
     "load_result",
     "negation",
+    "patch",
     "probe",
     "replace",
     "similarity",
@@ -301,6 +303,67 @@ class ProbeResult(Result):
         return "\n".join(lines) + ">"
 
 
+class PatchResult(Result):
+    """Activation patching's result: per-pair patched values and per-cell statistics."""
+
+    def to_dataframe(self) -> Any:
+        """One row per component x layer x position-or-head x pair that was patched.
+
+        Columns: ``component``, ``layer``, ``pos`` (NaN for head cells), ``head`` (NaN for
+        position cells), ``pair`` (0-based, in the order given), ``value`` (the logit
+        difference of the patched corrupted run).
+
+        Example:
+            >>> rows = [{"clean": "When Mary and John went to the store, John gave a drink to",
+            ...   "corrupt": "When Mary and John went to the store, Mary gave a drink to",
+            ...   "answer": " Mary", "wrong": " John"}] * 2
+            >>> df = patch(model, rows, components=["resid_pre", "z"], n_boot=100).to_dataframe()
+            >>> list(df.columns), len(df)  # 2 layers x (15 positions + 4 heads) x 2 pairs
+            (['component', 'layer', 'pos', 'head', 'pair', 'value'], 76)
+        """
+        return self._long(per_pair=True)
+
+    @property
+    def cells(self) -> Any:
+        """One row per cell patched, with its statistics.
+
+        Columns: ``component``, ``layer``, ``pos``, ``head``, ``mean`` (the normalised effect),
+        ``ci_low``, ``ci_high`` (95% bootstrap interval), ``pvalue`` (sign flips), ``qvalue``
+        (Benjamini-Hochberg across every cell of the run).
+        """
+        return self._long(per_pair=False)
+
+    def _long(self, per_pair: bool) -> Any:
+        import numpy as np
+        import pandas as pd
+
+        a = self.raw.arrays
+        stats = ("mean", "ci_low", "ci_high", "pvalue", "qvalue")
+        frames = []
+        for c in self.summary.get("components", []):
+            if c not in a:
+                continue
+            v = a[c] if per_pair else a[f"{c}_mean"]
+            idx = np.argwhere(np.isfinite(v))
+            frame = {"component": c, "layer": idx[:, 0]}
+            col = idx[:, 1].astype(float)
+            nan = np.full(len(idx), np.nan)
+            position = c in ("resid_pre", "attn_out", "mlp_out")
+            frame["pos"], frame["head"] = (col, nan) if position else (nan, col)
+            if per_pair:
+                frame["pair"] = idx[:, 2]
+                frame["value"] = v[tuple(idx.T)]
+            else:
+                for key in stats:
+                    frame[key] = a[f"{c}_{key}"][tuple(idx.T)]
+            frames.append(pd.DataFrame(frame))
+        cols = ["component", "layer", "pos", "head"]
+        cols += ["pair", "value"] if per_pair else list(stats)
+        if not frames:
+            return pd.DataFrame(columns=cols)
+        return pd.concat(frames, ignore_index=True)[cols]
+
+
 # ------------------------------------------------------------------------------ inputs
 
 
@@ -425,6 +488,7 @@ def _run(
     run = execute(spec, resolved, model, ref, data)
     manifest = step_manifest(run, req, "mechprobe (library call)")
     kind = ProbeResult if spec.name in ("probe", "negation") else Result
+    kind = PatchResult if spec.name == "patch" else kind
     return kind(run.result, manifest)
 
 
@@ -594,6 +658,49 @@ def crosscheck(model: Model | str, *, reference: Any = None, **options: Any) -> 
     return _run(spec, _config(spec, options), model, reference)
 
 
+def patch(
+    model: Model | str,
+    pairs: str | Path | Sequence[Mapping[str, str]] = "ioi",
+    *,
+    components: Sequence[str] = ("resid_pre", "attn_out", "mlp_out", "z"),
+    reference: Any = None,
+    **options: Any,
+) -> PatchResult:
+    """Activation patching over minimal pairs: clean activations into the corrupted runs.
+
+    Args:
+        model: A model or a model name.
+        pairs: A built-in set (``"ioi"``, ``"negation"``), a JSONL file, or a list of dicts
+            ``{"clean", "corrupt", "answer", "wrong"[, "template"]}``.
+        components: Any of ``resid_pre``, ``attn_out``, ``mlp_out``, ``z``, ``q``, ``k``, ``v``.
+        reference: The HF ``(model, tokenizer)`` for the check (default: loaded).
+        **options: Settings of ``mechprobe patch`` by config name (``layers``, ``n_boot``, ...).
+
+    Returns:
+        A [`PatchResult`][mechprobe.api.PatchResult]: ``.cells`` besides what every
+        [`Result`][mechprobe.api.Result] has.
+
+    Example:
+        >>> res = patch(model, "ioi", components=["resid_pre"], max_pairs=4, n_boot=100)
+        >>> list(res.cells.columns)  # doctest: +NORMALIZE_WHITESPACE
+        ['component', 'layer', 'pos', 'head', 'mean', 'ci_low', 'ci_high', 'pvalue', 'qvalue']
+    """
+    from mechprobe.corpus.pairs import load_pairs, pairs_sha256
+    from mechprobe.experiments.spec import Inputs
+
+    spec = get("patch")
+    named = isinstance(pairs, (str, Path))
+    config = _config(
+        spec,
+        {"pairs": str(pairs) if named else "(given)", "components": tuple(components), **options},
+    )
+    loaded = load_pairs(pairs if isinstance(pairs, (str, Path)) else list(pairs))
+    data = Inputs({"pairs": pairs_sha256(loaded)}, loaded)
+    result = _run(spec, config, model, reference, data)
+    assert isinstance(result, PatchResult)
+    return result
+
+
 def load_result(path: str | Path) -> Result:
     """Read a step directory (``OUT/<experiment>/``, from the CLI or `Result.save`) back.
 
@@ -615,4 +722,5 @@ def load_result(path: str | Path) -> Result:
     name = manifest.get("step", raw.name)
     raw = ExperimentResult(name, raw.arrays, raw.summary)
     kind = ProbeResult if name in ("probe", "negation") else Result
+    kind = PatchResult if name == "patch" else kind
     return kind(raw, manifest)

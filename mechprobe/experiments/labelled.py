@@ -75,6 +75,20 @@ DIMS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
         ("*_mlp_pre", ("mlp_unit",)),
         ("noise_*", ("noise_unit",)),
     ),
+    "patch": (
+        ("resid_pre*", ("layer", "pos", "pair")),
+        ("attn_out*", ("layer", "pos", "pair")),
+        ("mlp_out*", ("layer", "pos", "pair")),
+        ("resid_pre*", ("layer", "pos")),
+        ("attn_out*", ("layer", "pos")),
+        ("mlp_out*", ("layer", "pos")),
+        ("[zqkv]", ("layer", "head", "pair")),
+        ("[zqkv]_*", ("layer", "head")),
+        ("clean", ("pair",)),
+        ("corrupt", ("pair",)),
+        ("template", ("pair",)),
+        ("length", ("pair",)),
+    ),
 }
 
 #: Per-unit statistics of a probe family, ``<family>_<stat>``.
