@@ -26,9 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run(tree: Path, out: Path, args: argparse.Namespace) -> dict:
+def _run(tree: Path, out: Path, args: argparse.Namespace, extra: list[str]) -> dict:
     """``mechprobe all`` with ``tree``'s code; its wall time, load and per-step timings."""
     cmd = [sys.executable, "-m", "mechprobe", "all", "--model", args.model, "--out", str(out)]
+    cmd += extra
     cmd += ["--text", args.text] if args.text else []
     cmd += ["--steps", args.steps] if args.steps else []
     cmd += ["--no-png"] if args.no_png else []
@@ -73,6 +74,11 @@ def main() -> None:
     p.add_argument("--text", default=str(ROOT.parent / "shared" / "data" / "pg32154.txt"))
     p.add_argument("--steps", default="", help="comma-separated steps (default: all's own)")
     p.add_argument("--no-png", action="store_true", help="skip PNG export on both sides")
+    p.add_argument(
+        "--after-args",
+        default="",
+        help="further options for the working tree's run only, e.g. '--no-random-model'",
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-main-") as tmp:
         before = Path(tmp) / "before"
@@ -89,8 +95,8 @@ def main() -> None:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             results = {
-                "before": _run(before, Path(tmp) / "out-before", args),
-                "after": _run(ROOT, Path(tmp) / "out-after", args),
+                "before": _run(before, Path(tmp) / "out-before", args, []),
+                "after": _run(ROOT, Path(tmp) / "out-after", args, args.after_args.split()),
             }
         finally:
             subprocess.run(
@@ -98,7 +104,9 @@ def main() -> None:
                 check=False,
             )
     print(f"mechprobe all --model {args.model} ({args.steps or 'default steps'})")
-    print(f"before = {args.before}, after = the working tree; {os.cpu_count()} CPUs")
+    print(
+        f"before = {args.before}, after = the working tree {args.after_args}; {os.cpu_count()} CPUs"
+    )
     for name, r in results.items():
         print(_row(name, r))
     print(f"ratio before/after: {results['before']['wall'] / results['after']['wall']:.2f}x")
