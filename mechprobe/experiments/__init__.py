@@ -6,7 +6,7 @@ table and the reproduce script all iterate it. Adding an experiment: one module 
 
 Example:
     >>> list(registry())
-    ['crosscheck', 'negation', 'heads', 'similarity', 'replace', 'probe']
+    ['crosscheck', 'negation', 'heads', 'similarity', 'replace', 'probe', 'ablate']
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from mechprobe.experiments.spec import Experiment
 
 #: Module names of the experiments, in report order.
-EXPERIMENTS = ("crosscheck", "negation", "heads", "similarity", "replace", "probe")
+EXPERIMENTS = ("crosscheck", "negation", "heads", "similarity", "replace", "probe", "ablate")
 
 
 @cache
