@@ -259,12 +259,16 @@ class AblateResult(Result):
 
     @property
     def null(self) -> Any:
-        """The random unit sets' effects: ``family``, ``layer``, ``metric``, ``draw``, ``value``."""
+        """The random unit sets' effects: ``family``, ``layer``, ``metric``, ``draw``, ``value``.
+
+        Only the draws made (see ``stop_after``: the draws of a layer and family stop early
+        once enough random sets reach the observed effect).
+        """
         import pandas as pd
 
         s, null = self.summary, self.raw.arrays["null"]
         f, lay, m, d = np.meshgrid(*(np.arange(n) for n in null.shape), indexing="ij")
-        return pd.DataFrame(
+        frame = pd.DataFrame(
             {
                 "family": np.asarray(s["families"])[f.ravel()],
                 "layer": np.asarray(s["layers"])[lay.ravel()],
@@ -273,6 +277,8 @@ class AblateResult(Result):
                 "value": null.ravel(),
             }
         )
+        made = np.isfinite(self.raw.arrays["null"][:, :, :1]).repeat(null.shape[2], 2).ravel()
+        return frame[made].reset_index(drop=True)
 
     @property
     def selected(self) -> Any:
@@ -608,6 +614,7 @@ def ablate(
     draws: int = 200,
     method: str = "mean",
     text: Any = None,
+    classes: Any = None,
     reference: Any = None,
     **options: Any,
 ) -> AblateResult:
@@ -620,7 +627,9 @@ def ablate(
         draws: Random k-unit sets per layer and family (the null distribution).
         method: ``mean`` (the unit's mean over the select samples), ``zero`` or ``resample``.
         text: The probe's text when it was given in memory (a ``str`` or a list of them);
-            None: the text its settings name.
+            None: the text its settings name (a file, a URL, ``gutenberg:ID``).
+        classes: With ``text``, the probe's classes when they were given in memory (as for
+            `probe`); None: its class file, or the negation preset.
         reference: The HF ``(model, tokenizer)`` the ablated passes run on (default: loaded).
         **options: Other settings of ``mechprobe ablate`` (``layers``, ``max_eval``, ...).
 
@@ -652,12 +661,14 @@ def ablate(
         from mechprobe.experiments.probe_samples import probe_data
 
         cfg = _probe_config(got.probe)
-        if got.probe.name == "negation" or not cfg.classes:
-            classes = negation_preset()
+        if classes is not None:
+            class_set = _classes(classes)[0]
+        elif got.probe.name == "negation" or not cfg.classes:
+            class_set = negation_preset()
         else:
-            classes = load_classes(cfg.classes)
+            class_set = load_classes(cfg.classes)
         docs = _texts(text, int(cfg.max_download_mb * 2**20))
-        got.data = probe_data(docs, classes, "", "")
+        got.data = probe_data(docs, class_set, "", "")
     got.sha256 = got.sha256 or {}
     result = _run(spec, config, model, reference, data=got)
     assert isinstance(result, AblateResult)

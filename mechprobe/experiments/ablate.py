@@ -33,7 +33,7 @@ Example:
     ...     context_post=2, folds=3, no_controls=True), model_shape(model))
     >>> probe_res = negation.run(probe_cfg, model)
     >>> cfg = resolve(AblateConfig(draws=9, k=2, layers=(1,)), model_shape(model))
-    >>> res = run(cfg, model, hf_pair, AblateInput(probe_res))
+    >>> res = run(cfg, model, (hf, tok), AblateInput(probe_res))
     >>> res.arrays["null"].shape  # [family, layer, metric, draw]
     (2, 1, 2, 9)
 """
@@ -92,6 +92,11 @@ class AblateConfig:
         alpha: Level of the Benjamini-Hochberg q-values in the verdict.
         seed: Seed of the eval subsample, the draws, resampling and the bootstrap.
         batch_rows: Rows (unit sets x eval samples) per ablated forward.
+        stop_after: Stop drawing random sets for a layer and family once this many reach the
+            observed effect on every metric and on the class difference (Besag and Clifford's
+            sequential test: p is then at least ``stop_after / draws made`` and more draws
+            cannot make it small); 0: always every draw. ``p`` is ``(1 + #{null >= observed})
+            / (draws made + 1)``.
     """
 
     source: str | None = option(
@@ -118,6 +123,11 @@ class AblateConfig:
     alpha: float = option(0.05, "level of the BH q-values in the verdict (0.05)")
     seed: int = option(0, "seed of the eval subsample, draws, resampling, bootstrap (0)")
     batch_rows: int = option(256, "rows (unit sets x eval samples) per ablated forward (256)")
+    stop_after: int = option(
+        10,
+        "stop drawing random sets once this many reach the observed effect on every metric and "
+        "the class difference (Besag-Clifford; 0: always every draw) (10)",
+    )
 
 
 @dataclass
@@ -143,7 +153,7 @@ def resolve(config: AblateConfig, shape: ModelShape) -> AblateConfig:
         >>> resolve(AblateConfig(k=0, draws=-1), model_shape(model))
         Traceback (most recent call last):
         ...
-        mechprobe.errors.ConfigError: k: expected at least 1, got 0; draws: expected at ...
+        mechprobe.errors.ConfigError: k: value must be at least 1, got 0; draws: value must be ...
     """
     p = Problems()
     p.check("k", check_count, config.k, 1)
@@ -163,6 +173,7 @@ def resolve(config: AblateConfig, shape: ModelShape) -> AblateConfig:
     p.check("alpha", check_number, config.alpha, low=0.0, high=1.0, inclusive=False, what="alpha")
     p.check("seed", check_seed, config.seed)
     p.check("batch_rows", check_count, config.batch_rows, 1)
+    p.check("stop_after", check_count, config.stop_after, 0)
     p.raise_if_any()
     return config
 
@@ -406,7 +417,9 @@ def run(
         "timing_s": timing,
         "settings": asdict(config),
     }
-    return ExperimentResult(NAME, arrays, summary)
+    result = ExperimentResult(NAME, arrays, summary)
+    summary["causal_line"] = causal_line(result)
+    return result
 
 
 def _ablate_all(
@@ -454,12 +467,44 @@ def _ablate_all(
             values = _values(config.method, x, sets, donors)
             if config.method != "resample":
                 ablation_value[fi, li] = values[0, 0]
-            out = engine.effects(
-                fam, layer, torch.as_tensor(sets), torch.as_tensor(values, dtype=torch.float32)
-            )
-            for mi, metric in enumerate(METRICS):
-                per_sample[fi, li, mi] = out[metric].numpy()
+            chunk = max(1, config.batch_rows // len(y_ev))
+            for s0 in range(0, R + 1, chunk):
+                part = slice(s0, min(s0 + chunk, R + 1))
+                out = engine.effects(
+                    fam,
+                    layer,
+                    torch.as_tensor(sets[part]),
+                    torch.as_tensor(values[part], dtype=torch.float32),
+                )
+                for mi, metric in enumerate(METRICS):
+                    per_sample[fi, li, mi, part] = out[metric].numpy()
+                if _settled(per_sample[fi, li, :, : part.stop], y_ev, config.stop_after):
+                    break
     return per_sample, selected, ablation_value, sel_acc, null_units
+
+
+def _settled(effects: np.ndarray, y: np.ndarray, stop_after: int) -> bool:
+    """Whether ``stop_after`` random sets reach the observed effect everywhere.
+
+    Every metric and the class difference count (Besag and Clifford's sequential Monte Carlo
+    test: more draws cannot make the p-value small); ``effects`` is ``[metric, sets so far,
+    eval]``, set 0 the observed.
+
+    Example:
+        >>> e = np.zeros((2, 12, 4)); e[:, 0] = -1.0
+        >>> _settled(e, np.array([0, 0, 1, 1]), 10), _settled(e, np.array([0, 0, 1, 1]), 0)
+        (True, False)
+    """
+    if stop_after <= 0:
+        return False
+    means = effects.mean(-1)
+    diff = effects[..., y == 1].mean(-1) - effects[..., y == 0].mean(-1)
+    for m, d in zip(means, diff, strict=True):
+        if not np.isfinite(m[0]):
+            continue
+        if (m[1:] >= m[0]).sum() < stop_after or (np.abs(d[1:]) >= abs(d[0])).sum() < stop_after:
+            return False
+    return True
 
 
 def _values(method: str, x: np.ndarray, sets: np.ndarray, donors: np.ndarray) -> np.ndarray:
@@ -493,9 +538,10 @@ def _statistics(
     diff = by_class[..., 1] - by_class[..., 0]
     observed, null = mean_all[..., 0], mean_all[..., 1:]
     obs_diff, null_diff = diff[..., 0], diff[..., 1:]
-    R = null.shape[-1]
-    pvalue = (1 + (null >= observed[..., None]).sum(-1)) / (R + 1)
-    diff_p = (1 + (np.abs(null_diff) >= np.abs(obs_diff)[..., None]).sum(-1)) / (R + 1)
+    drawn = np.isfinite(null[:, :, :1]).sum(-1)  # draws made (fewer where they stopped early)
+    drawn = np.broadcast_to(drawn, observed.shape)
+    pvalue = (1 + (null >= observed[..., None]).sum(-1)) / (drawn + 1)
+    diff_p = (1 + (np.abs(null_diff) >= np.abs(obs_diff)[..., None]).sum(-1)) / (drawn + 1)
     qvalue = np.full_like(pvalue, np.nan)
     for mi in range(n_m):
         p = pvalue[:, :, mi]
@@ -538,7 +584,8 @@ def _statistics(
         "difference_pvalue": diff_p,
         "null": null,
         "null_difference": null_diff,
-        "null_mean": null.mean(-1),
+        "null_mean": np.nanmean(null, -1),
+        "draws_made": drawn.astype(np.int64),
     }
 
 
@@ -565,6 +612,7 @@ def _rows(
                                 "pvalue",
                                 "qvalue",
                                 "null_mean",
+                                "draws_made",
                                 "difference",
                                 "difference_ci_low",
                                 "difference_ci_high",
