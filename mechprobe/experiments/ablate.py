@@ -78,8 +78,8 @@ class AblateConfig:
     """Settings of an ablation of a probe's decoding units.
 
     Attributes:
-        source: The probe's step directory (``OUT/negation`` or ``OUT/probe``); None in
-            ``mechprobe all`` (the negation step of the same run) and in the library.
+        source: The probe's step directory (``OUT/negation`` or ``OUT/probe``); None: the
+            negation step of the same run or of ``OUT``, else E1's probe run first.
         k: Units ablated per layer and family.
         draws: Random unit sets per layer and family (the null distribution).
         method: ``mean``, ``zero`` or ``resample``.
@@ -87,6 +87,8 @@ class AblateConfig:
         components: Families among ``qkv``, ``mlp`` (None: those of the probe).
         eval_fold: The probe's outer fold whose samples are measured.
         max_eval: At most this many eval samples (balanced over the classes).
+        max_select: At most this many select samples (balanced; 0: all): their forward
+            pass, up to the deepest ablated layer, is much of the cost.
         n_boot: Bootstrap resamples of the intervals.
         level: Coverage of the intervals.
         alpha: Level of the Benjamini-Hochberg q-values in the verdict.
@@ -118,6 +120,9 @@ class AblateConfig:
     )
     eval_fold: int = option(0, "the probe's outer fold whose samples are measured (0)")
     max_eval: int = option(16, "at most this many eval samples, balanced over classes (16)")
+    max_select: int = option(
+        128, "at most this many select samples, balanced over classes (128; 0: all)"
+    )
     n_boot: int = option(1000, "bootstrap resamples of the intervals (1000)")
     level: float = option(0.95, "coverage of the intervals (0.95)")
     alpha: float = option(0.05, "level of the BH q-values in the verdict (0.05)")
@@ -168,6 +173,7 @@ def resolve(config: AblateConfig, shape: ModelShape) -> AblateConfig:
         p.add("components", f"expected some of {', '.join(FAMILIES)}")
     p.check("eval_fold", check_count, config.eval_fold, 0)
     p.check("max_eval", check_count, config.max_eval, 2)
+    p.check("max_select", check_count, config.max_select, 0)
     p.check("n_boot", check_count, config.n_boot, 0)
     p.check("level", check_number, config.level, low=0.0, high=1.0, inclusive=False, what="level")
     p.check("alpha", check_number, config.alpha, low=0.0, high=1.0, inclusive=False, what="alpha")
@@ -258,9 +264,16 @@ def _windows(probe: ExperimentResult, data: Any, tokenizer: Any) -> tuple[Any, i
 
 
 def split_samples(
-    labels: np.ndarray, folds: np.ndarray, eval_fold: int, max_eval: int, seed: int
+    labels: np.ndarray,
+    folds: np.ndarray,
+    eval_fold: int,
+    max_eval: int,
+    seed: int,
+    max_select: int | None = None,
 ) -> np.ndarray:
     """``select``, ``eval`` or ``unused`` per sample: eval from one fold, balanced, seeded.
+
+    The select samples are the other folds' (at most ``max_select``, balanced, seeded).
 
     Example:
         >>> split_samples(np.array([0, 1, 0, 1, 0, 1]), np.array([0, 0, 0, 0, 1, 1]), 0, 2, 0)
@@ -275,6 +288,11 @@ def split_samples(
         idx = np.flatnonzero((folds == eval_fold) & (labels == c))
         take = np.sort(rng.permutation(idx)[:per])
         split[take] = "eval"
+    if max_select is not None:
+        per = max(1, max_select // len(classes))
+        for c in classes:
+            idx = np.flatnonzero((split == "select") & (labels == c))
+            split[rng.permutation(idx)[per:]] = "unused"
     return split
 
 
@@ -314,7 +332,8 @@ def run(
         config: The settings, resolved.
         model: The TransformerLens bridge the probe ran on (it collects the select samples).
         reference: The HF ``(model, tokenizer)`` pair: the ablated passes run on it.
-        data: An `AblateInput`; None: read ``config.source``.
+        data: An `AblateInput` (or the runner's ``(probe result, its data)``); None: read
+            ``config.source``, or, with none, run E1's probe with its defaults first.
 
     Returns:
         ``ExperimentResult("ablate")``: ``observed``, ``ci_low``, ``ci_high``, ``pvalue``,
@@ -332,9 +351,7 @@ def run(
     if isinstance(data, tuple):  # the runner: (the probe step's result, its inputs' data)
         data = AblateInput(data[0], data[1])
     if data is None:
-        if config.source is None:
-            raise MechprobeError("ablate: give a probe result (--from OUT/negation)")
-        data = read_probe_step(config.source)
+        data = _negation_first(model) if config.source is None else read_probe_step(config.source)
     if reference is None:
         raise MechprobeError("ablate runs its ablated passes on the HF reference model")
     hf = reference[0]
@@ -358,7 +375,9 @@ def run(
         folds = grouped_folds(labels, groups, 5, seed=config.seed)
     if config.eval_fold > folds.max():
         raise MechprobeError(f"eval_fold: the probe has folds 0..{folds.max()}")
-    split = split_samples(labels, folds, config.eval_fold, config.max_eval, config.seed)
+    split = split_samples(
+        labels, folds, config.eval_fold, config.max_eval, config.seed, config.max_select or None
+    )
     sel, ev = np.flatnonzero(split == "select"), np.flatnonzero(split == "eval")
     timing["prepare"] = time.perf_counter() - t0
 
@@ -420,6 +439,15 @@ def run(
     result = ExperimentResult(NAME, arrays, summary)
     summary["causal_line"] = causal_line(result)
     return result
+
+
+def _negation_first(model: Model) -> AblateInput:
+    """No probe given nor in OUT: E1's probe with its defaults, run now on ``model``."""
+    from mechprobe.experiments import negation
+    from mechprobe.models.registry import model_shape
+
+    config = negation.resolve(negation.NegationConfig(), model_shape(model))
+    return AblateInput(negation.run(config, model))
 
 
 def _ablate_all(
@@ -732,6 +760,23 @@ def table(result: ExperimentResult) -> str:
     return "\n".join(lines)
 
 
+def depth_curves(result: ExperimentResult) -> dict[str, tuple[list[int], list[float]]]:
+    """Per family: the decoding units' KL over the random units' mean KL, per layer (sweeps).
+
+    Example:
+        >>> depth_curves(ExperimentResult("ablate", {}, {"rows": [], "families": []}))
+        {}
+    """
+    out = {}
+    for fam in result.summary["families"]:
+        rows = [r for r in result.summary["rows"] if r["family"] == fam and r["metric"] == "kl"]
+        out[f"KL decoding / random units, {fam}"] = (
+            [r["layer"] for r in rows],
+            [r["observed"] / r["null_mean"] if r["null_mean"] > 0 else float("nan") for r in rows],
+        )
+    return out
+
+
 FIGURES = (
     Figure(
         "null",
@@ -756,4 +801,5 @@ SPEC = Experiment(
     finding=finding,
     needs_reference=True,
     reads="negation",
+    depth_curves=depth_curves,
 )

@@ -268,7 +268,8 @@ class Experiment:
         reads: The step whose result it reads when its config names none (``ablate`` reads
             ``negation``): the runner runs it after that step and passes ``run`` the tuple
             ``(that step's result, that step's Inputs.data)`` as ``data``, reruns it whenever
-            that step reruns, and reads ``OUT/<reads>/`` when that step is not in the run.
+            that step reruns, and reads ``OUT/<reads>/`` when that step is not in the run (None
+            where there is none: ``run`` then computes what it reads itself).
     """
 
     name: str

@@ -250,16 +250,18 @@ def _with_readers(steps: list[Step], todo: list[Step], log: Callable[[str], None
 
 
 def _upstream(out: Path, reads: str, outcome: RunOutcome, data: dict[str, Any]) -> Any:
-    """``(result, inputs' data)`` of the step ``reads``: of this run, else from ``OUT/<reads>``."""
+    """``(result, inputs' data)`` of the step ``reads``: of this run, else from ``OUT/<reads>``.
+
+    None where neither exists.
+    """
     if reads in outcome.steps:
         return (outcome.steps[reads].result, data.get(reads))
-    from mechprobe.errors import MechprobeError
     from mechprobe.runner.manifest import read_manifest
     from mechprobe.runner.steps import load_result
 
     path = out / reads
     if read_manifest(path) is None:
-        raise MechprobeError(f"{path}: no {reads} step to read: run {reads} first")
+        return None  # the step runs what it reads itself
     return (load_result(path), None)
 
 
