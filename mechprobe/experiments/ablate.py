@@ -194,7 +194,6 @@ def read_probe_step(path: str | Path) -> AblateInput:
         mechprobe.errors.MechprobeError: --from no/such/dir: no such directory
     """
     from mechprobe.io import sha256_file
-    from mechprobe.runner.steps import load_result
 
     path = Path(path)
     if not path.is_dir():
@@ -211,9 +210,11 @@ def read_probe_step(path: str | Path) -> AblateInput:
             f"--from {path}: not a probe step directory (expected OUT/negation or OUT/probe "
             "with its manifest.json and arrays.npz)"
         )
-    raw = load_result(path)
+    with np.load(path / "arrays.npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
     return AblateInput(
-        ExperimentResult(step, raw.arrays, raw.summary),
+        ExperimentResult(step, arrays, summary),
         None,
         {"probe_arrays": sha256_file(path / "arrays.npz")},
     )
