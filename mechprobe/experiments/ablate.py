@@ -83,7 +83,7 @@ class AblateConfig:
         k: Units ablated per layer and family.
         draws: Random unit sets per layer and family (the null distribution).
         method: ``mean``, ``zero`` or ``resample``.
-        layers: Layers ablated; None: three evenly spaced layers of the probe's.
+        layers: Layers ablated; None: the probe's middle layer.
         components: Families among ``qkv``, ``mlp`` (None: those of the probe).
         eval_fold: The probe's outer fold whose samples are measured.
         max_eval: At most this many eval samples (balanced over the classes).
@@ -111,7 +111,9 @@ class AblateConfig:
     draws: int = option(200, "random unit sets per layer and family, the null (200)")
     method: str = option("mean", "mean (default), zero or resample", choices=METHODS)
     layers: tuple[int, ...] | None = option(
-        None, "layers to ablate, 0,3,5 or 'all' (default: 3 evenly spaced)", parse=parse_layers
+        None,
+        "layers to ablate, 0,3,5 or 'all' (default: the probe's middle layer)",
+        parse=parse_layers,
     )
     components: tuple[str, ...] | None = option(
         None,
@@ -317,11 +319,16 @@ def bh_qvalues(p: np.ndarray) -> np.ndarray:
 
 
 def _default_layers(probe_layers: list[int]) -> list[int]:
-    """Three evenly spaced layers of the probe's (quarter, half, three quarters of its depth)."""
-    if len(probe_layers) <= 3:
-        return list(probe_layers)
-    picks = [probe_layers[round(f * (len(probe_layers) - 1))] for f in (0.25, 0.5, 0.75)]
-    return list(dict.fromkeys(picks))
+    """The middle one of the probe's layers.
+
+    Each ablated layer costs a batched pass of every unit set through the blocks above it and
+    the unembedding; ``--layers`` asks for more.
+
+    Example:
+        >>> _default_layers(list(range(30))), _default_layers([0, 1])
+        ([15], [1])
+    """
+    return [probe_layers[len(probe_layers) // 2]]
 
 
 def run(
