@@ -228,3 +228,23 @@ def test_bad_from_is_one_line_error(tmp_path, tiny_cli):
     (tmp_path / "heads").mkdir()
     code, _, err = run_cli("ablate", "--from", str(tmp_path / "heads"))
     assert_one_line_error(code, err, "--from", "not a probe step")
+
+
+@pytest.mark.unit
+def test_e1_finding_gains_the_causal_line_and_keeps_its_caveat(tmp_path):
+    import json
+
+    from mechprobe.report.markdown import read_findings
+
+    (tmp_path / "negation").mkdir()
+    (tmp_path / "ablate").mkdir()
+    e1 = {"claim": "c", "this_run": "Decodable; word identity explains it.", "verdict": "holds"}
+    (tmp_path / "negation" / "finding.json").write_text(json.dumps(e1))
+    line = "Ablation (causal): mlp top-10 units matter (layer 15: KL 1e-3 vs random 1e-4, p 0.005)."
+    summary = {"probe": "negation", "causal_line": line}
+    (tmp_path / "ablate" / "summary.json").write_text(json.dumps(summary))
+    got = read_findings(tmp_path)["negation"]
+    assert got["this_run"] == f"{e1['this_run']} {line}" and got["verdict"] == "holds"
+    summary["probe"] = "probe"  # an ablation of another probe says nothing about E1
+    (tmp_path / "ablate" / "summary.json").write_text(json.dumps(summary))
+    assert read_findings(tmp_path)["negation"]["this_run"] == e1["this_run"]
