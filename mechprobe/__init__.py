@@ -40,6 +40,8 @@ _EXPORTS = {
     "load_result": "mechprobe.api",
     "Result": "mechprobe.api",
     "ProbeResult": "mechprobe.api",
+    "ablate": "mechprobe.api",
+    "AblateResult": "mechprobe.api",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -32,6 +32,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from mechprobe.errors import MechprobeError
 from mechprobe.experiments import get
 from mechprobe.experiments.result import ExperimentResult
@@ -43,9 +45,11 @@ if TYPE_CHECKING:
     from mechprobe.models.types import Model
 
 __all__ = [
+    "AblateResult",
     "PatchResult",
     "ProbeResult",
     "Result",
+    "ablate",
     "crosscheck",
     "heads",
     "load_result",
@@ -364,6 +368,78 @@ class PatchResult(Result):
         return pd.concat(frames, ignore_index=True)[cols]
 
 
+class AblateResult(Result):
+    """An ablation's result: one row per family x layer x metric, the null, the selection."""
+
+    def to_dataframe(self) -> Any:
+        """One row per family x layer x metric.
+
+        Columns: ``family``, ``layer``, ``metric``, ``observed``, ``ci_low``, ``ci_high``,
+        ``pvalue``, ``qvalue`` (Benjamini-Hochberg over the rows of one metric), ``null_mean``,
+        ``difference`` (second class minus first), its ``difference_ci_low``,
+        ``difference_ci_high``, ``difference_pvalue``, and ``observed_<class>`` per class.
+        """
+        import pandas as pd
+
+        return pd.DataFrame(self.summary["rows"])
+
+    @property
+    def null(self) -> Any:
+        """The random unit sets' effects: ``family``, ``layer``, ``metric``, ``draw``, ``value``.
+
+        Only the draws made (see ``stop_after``: the draws of a layer and family stop early
+        once enough random sets reach the observed effect).
+        """
+        import pandas as pd
+
+        s, null = self.summary, self.raw.arrays["null"]
+        f, lay, m, d = np.meshgrid(*(np.arange(n) for n in null.shape), indexing="ij")
+        frame = pd.DataFrame(
+            {
+                "family": np.asarray(s["families"])[f.ravel()],
+                "layer": np.asarray(s["layers"])[lay.ravel()],
+                "metric": np.asarray(s["metrics"])[m.ravel()],
+                "draw": d.ravel(),
+                "value": null.ravel(),
+            }
+        )
+        made = np.isfinite(self.raw.arrays["null"][:, :, :1]).repeat(null.shape[2], 2).ravel()
+        return frame[made].reset_index(drop=True)
+
+    @property
+    def selected(self) -> Any:
+        """The ablated units: ``family``, ``layer``, ``rank``, ``unit``, ``ablation_value``."""
+        import pandas as pd
+
+        s, sel = self.summary, self.raw.arrays["selected"]
+        f, lay, r = np.meshgrid(*(np.arange(n) for n in sel.shape), indexing="ij")
+        return pd.DataFrame(
+            {
+                "family": np.asarray(s["families"])[f.ravel()],
+                "layer": np.asarray(s["layers"])[lay.ravel()],
+                "rank": r.ravel(),
+                "unit": sel.ravel(),
+                "ablation_value": self.raw.arrays["ablation_value"].ravel(),
+            }
+        )
+
+    @property
+    def samples(self) -> Any:
+        """The probe's samples: ``position``, ``label``, ``split`` (select, eval or unused)."""
+        import pandas as pd
+
+        a = self.raw.arrays
+        return pd.DataFrame(
+            {
+                "doc": a["documents"],
+                "position": a["positions"],
+                "label": a["labels"].astype(int),
+                "fold": a["folds"].astype(int),
+                "split": a["split"],
+            }
+        )
+
+
 # ------------------------------------------------------------------------------ inputs
 
 
@@ -487,9 +563,7 @@ def _run(
     req = request(spec.name, model_id, dataclasses.asdict(config), sha, device)
     run = execute(spec, resolved, model, ref, data)
     manifest = step_manifest(run, req, "mechprobe (library call)")
-    kind = ProbeResult if spec.name in ("probe", "negation") else Result
-    kind = PatchResult if spec.name == "patch" else kind
-    return kind(run.result, manifest)
+    return _kind(spec.name)(run.result, manifest)
 
 
 # ------------------------------------------------------------------------------ experiments
@@ -701,6 +775,75 @@ def patch(
     return result
 
 
+def ablate(
+    model: Model | str,
+    probe_result: Result | str | Path,
+    *,
+    k: int = 10,
+    draws: int = 200,
+    method: str = "mean",
+    text: Any = None,
+    classes: Any = None,
+    reference: Any = None,
+    **options: Any,
+) -> AblateResult:
+    """Do the units that decode the classes matter? Ablate the top-k against random units.
+
+    Args:
+        model: The model the probe ran on (a loaded model or its name).
+        probe_result: A `ProbeResult` (from `probe` or `negation`) or a probe step directory.
+        k: Units ablated per layer and family (the top k on the select samples).
+        draws: Random k-unit sets per layer and family (the null distribution).
+        method: ``mean`` (the unit's mean over the select samples), ``zero`` or ``resample``.
+        text: The probe's text when it was given in memory (a ``str`` or a list of them);
+            None: the text its settings name (a file, a URL, ``gutenberg:ID``).
+        classes: With ``text``, the probe's classes when they were given in memory (as for
+            `probe`); None: its class file, or the negation preset.
+        reference: The HF ``(model, tokenizer)`` the ablated passes run on (default: loaded).
+        **options: Other settings of ``mechprobe ablate`` (``layers``, ``max_eval``, ...).
+
+    Returns:
+        An [`AblateResult`][mechprobe.api.AblateResult].
+
+    Example:
+        >>> story = "We can go. The keeper walked along the old harbour wall. It is not here. "
+        >>> res = negation(model, story * 40, layers=[1], context_pre=6, context_post=2,
+        ...                folds=3, no_controls=True)
+        >>> ab = ablate(model, res, k=2, draws=9, text=story * 40)
+        >>> list(ab.to_dataframe().columns)[:5]
+        ['family', 'layer', 'metric', 'observed', 'ci_low']
+    """
+    from mechprobe.experiments.ablate import AblateInput, read_probe_step
+
+    spec = get("ablate")
+    config = _config(spec, {"k": k, "draws": draws, "method": method, **options})
+    if isinstance(probe_result, (str, Path)):
+        got = read_probe_step(probe_result)
+    else:
+        raw = probe_result.raw
+        got = AblateInput(
+            raw, None, {"probe": hashlib.sha256(repr(raw.summary).encode()).hexdigest()}
+        )
+    if text is not None:
+        from mechprobe.corpus.classes import load_classes, negation_preset
+        from mechprobe.experiments.ablate import _probe_config
+        from mechprobe.experiments.probe_samples import probe_data
+
+        cfg = _probe_config(got.probe)
+        if classes is not None:
+            class_set = _classes(classes)[0]
+        elif got.probe.name == "negation" or not cfg.classes:
+            class_set = negation_preset()
+        else:
+            class_set = load_classes(cfg.classes)
+        docs = _texts(text, int(cfg.max_download_mb * 2**20))
+        got.data = probe_data(docs, class_set, "", "")
+    got.sha256 = got.sha256 or {}
+    result = _run(spec, config, model, reference, data=got)
+    assert isinstance(result, AblateResult)
+    return result
+
+
 def load_result(path: str | Path) -> Result:
     """Read a step directory (``OUT/<experiment>/``, from the CLI or `Result.save`) back.
 
@@ -721,6 +864,13 @@ def load_result(path: str | Path) -> Result:
     raw = load_step(path)
     name = manifest.get("step", raw.name)
     raw = ExperimentResult(name, raw.arrays, raw.summary)
-    kind = ProbeResult if name in ("probe", "negation") else Result
-    kind = PatchResult if name == "patch" else kind
-    return kind(raw, manifest)
+    return _kind(name)(raw, manifest)
+
+
+def _kind(name: str) -> type[Result]:
+    """The result class of an experiment."""
+    if name in ("probe", "negation"):
+        return ProbeResult
+    if name == "patch":
+        return PatchResult
+    return AblateResult if name == "ablate" else Result

@@ -28,7 +28,7 @@ def _outputs(nb) -> str:
 #: A line each tutorial prints, by file name: the page shows what it claims to show.
 EXPECTED = {
     "probe_your_classes.py": "<probe on smollm2-135m: 75 present, 80 past samples",
-    "probe_to_cause.py": "48 windows of 21 tokens",
+    "probe_to_cause.py": "zero ablation of 16 held-out samples, 50 random sets",
     "reproducing_the_course.py": "course: Unit-by-unit cosines of Q/K/V",
     "scaling_out.py": "same betas: True | same p-values: True",
 }

@@ -118,9 +118,11 @@ def run_experiment(spec: Experiment, args: Any, argv: Sequence[str]) -> int:
     """One experiment as a command: options, early checks, the run, its table, exit status."""
     from mechprobe.models.source import resolve_model
 
-    placement = _check_common(args, [spec.name])
     flags = {o.name: o.flag for o in cli_options(spec.config)}
     config, problems = config_from_args(spec, args)
+    if spec.reads is not None and getattr(config, "source", None):
+        _from_step(args, argv, config.source)
+    placement = _check_common(args, [spec.name])
     source = resolve_model(args.model)  # classified once; the runner uses this object
     resolved = None
     if source.shape is not None:
@@ -159,6 +161,20 @@ def run_experiment(spec: Experiment, args: Any, argv: Sequence[str]) -> int:
         sys.stderr.write(f"mechprobe {spec.name}: FAIL: {what} above the tolerance\n")
         return 1
     return 0
+
+
+def _from_step(args: Any, argv: Sequence[str], source: str) -> None:
+    """``--from DIR``: the model and the output directory default to DIR's run's."""
+    from mechprobe.experiments.ablate import read_probe_step
+    from mechprobe.runner.manifest import read_manifest
+
+    read_probe_step(source)  # a missing or wrong directory fails here, in one line
+    given = {a.split("=")[0] for a in argv}
+    model = (read_manifest(Path(source)) or {}).get("model", {})
+    if "--model" not in given and isinstance(model, dict) and model.get("model"):
+        args.model = str(model["model"])
+    if "--out" not in given:
+        args.out = str(Path(source).resolve().parent)
 
 
 def _steps_of(args: Any, names: Sequence[str]) -> list[Any]:

@@ -6,7 +6,7 @@ table and the reproduce script all iterate it. Adding an experiment: one module 
 
 Example:
     >>> list(registry())
-    ['crosscheck', 'negation', 'heads', 'similarity', 'replace', 'probe', 'patch']
+    ['crosscheck', 'negation', 'heads', 'similarity', 'replace', 'probe', 'ablate', 'patch']
 """
 
 from __future__ import annotations
@@ -19,7 +19,16 @@ if TYPE_CHECKING:
     from mechprobe.experiments.spec import Experiment
 
 #: Module names of the experiments, in report order.
-EXPERIMENTS = ("crosscheck", "negation", "heads", "similarity", "replace", "probe", "patch")
+EXPERIMENTS = (
+    "crosscheck",
+    "negation",
+    "heads",
+    "similarity",
+    "replace",
+    "probe",
+    "ablate",
+    "patch",
+)
 
 
 @cache

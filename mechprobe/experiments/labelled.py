@@ -75,6 +75,22 @@ DIMS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
         ("*_mlp_pre", ("mlp_unit",)),
         ("noise_*", ("noise_unit",)),
     ),
+    "ablate": (
+        ("null_units", ("family", "layer", "draw", "rank")),
+        ("null*", ("family", "layer", "metric", "draw")),
+        ("class_effect", ("family", "layer", "metric", "class")),
+        ("eval_effect", ("family", "layer", "metric", "eval_sample")),
+        ("eval_index", ("eval_sample",)),
+        ("selected", ("family", "layer", "rank")),
+        ("ablation_value", ("family", "layer", "rank")),
+        ("selection_accuracy", ("family", "layer", "rank")),
+        ("positions", ("sample",)),
+        ("labels", ("sample",)),
+        ("documents", ("sample",)),
+        ("folds", ("sample",)),
+        ("split", ("sample",)),
+        ("*", ("family", "layer", "metric")),
+    ),
     "patch": (
         ("resid_pre*", ("layer", "pos", "pair")),
         ("attn_out*", ("layer", "pos", "pair")),
@@ -140,6 +156,12 @@ def _coords(result: ExperimentResult) -> dict[str, Any]:
         coords["check"] = list(s.get("checks", []))[: a["max_abs_diff"].shape[0]]
         coords["layer"] = np.arange(a["max_abs_diff"].shape[1])
         coords["model_check"] = ["final_norm", "logits"]
+    if result.name == "ablate":
+        coords.update(
+            family=list(s.get("families", [])),
+            metric=list(s.get("metrics", [])),
+            **{"class": list(s.get("classes", []))},
+        )
     if result.name == "similarity":
         from mechprobe.stats.cosine import BLOCKS, COMPONENTS, POSITIONS
 

@@ -265,6 +265,11 @@ class Experiment:
         depth_curves: ``depth_curves(result) -> {label: (layers, values)}``: the per-layer
             curves ``mechprobe sweep`` overlays across models on relative depth.
         in_all: Whether ``mechprobe all`` and ``mechprobe sweep`` run it by default.
+        reads: The step whose result it reads when its config names none (``ablate`` reads
+            ``negation``): the runner runs it after that step and passes ``run`` the tuple
+            ``(that step's result, that step's Inputs.data)`` as ``data``, reruns it whenever
+            that step reruns, and reads ``OUT/<reads>/`` when that step is not in the run (None
+            where there is none: ``run`` then computes what it reads itself).
     """
 
     name: str
@@ -284,6 +289,7 @@ class Experiment:
     text_source: bool = False
     depth_curves: Callable[[Any], dict[str, tuple[list[int], list[float]]]] | None = None
     in_all: bool = True
+    reads: str | None = None
 
     def figure(self, name: str) -> Figure:
         """The declared figure ``name``."""

@@ -153,7 +153,9 @@ def _section(name: str, title: str, step_dir: Path, counter: list[int]) -> str:
     ]
     finding = _read_json(step_dir / "finding.json")
     if finding:
-        parts.append(_finding(finding))
+        from mechprobe.report.markdown import with_causal_line
+
+        parts.append(_finding(with_causal_line(name, finding, step_dir.parent)))
     checks = _read_json(step_dir / "checks.json")
     if checks:
         parts.append(_checks(checks))

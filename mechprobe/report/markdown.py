@@ -37,8 +37,28 @@ def read_findings(out: Path) -> dict[str, dict[str, str]]:
     for name in registry():
         path = out / name / "finding.json"
         if path.is_file():
-            found[name] = json.loads(path.read_text(encoding="utf-8"))
+            found[name] = with_causal_line(name, json.loads(path.read_text(encoding="utf-8")), out)
     return found
+
+
+def with_causal_line(name: str, finding: dict[str, str], out: Path) -> dict[str, str]:
+    """E1's finding with the ablation's causal line appended, where ``out/ablate`` ablated E1.
+
+    Example:
+        >>> with_causal_line("negation", {"this_run": "x"}, Path("no/such/dir"))
+        {'this_run': 'x'}
+    """
+    path = out / "ablate" / "summary.json"
+    if name != "negation" or not path.is_file():
+        return finding
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return finding
+    line = summary.get("causal_line")
+    if summary.get("probe") != "negation" or not line:
+        return finding
+    return {**finding, "this_run": f"{finding.get('this_run', '')} {line}".strip()}
 
 
 def findings_markdown(outs: Mapping[str, Path], *, short: bool = False) -> str:

@@ -205,6 +205,7 @@ def run_steps(request: RunRequest, *, log: Callable[[str], None] = _log) -> RunO
                     log(f"[rerun] {name}: {why}")
                 todo.append(step)
         _refuse_foreign(out, request, requests, log)
+        todo = _with_readers(request.steps, todo, log)
         if todo:
             model, reference, loaded_shape = _load(request, source, todo, outcome, log)
             if resolved is None:
@@ -213,11 +214,14 @@ def run_steps(request: RunRequest, *, log: Callable[[str], None] = _log) -> RunO
                 for i, step in enumerate(todo, 1):
                     name = step.spec.name
                     log(f"[{i}/{len(todo)}] {name}")
+                    step_data = data[name]
+                    if step_data is None and step.spec.reads is not None:
+                        step_data = _upstream(out, step.spec.reads, outcome, data)
                     outcome.steps[name] = _run_one(
                         out,
                         step,
                         resolved[name],
-                        (model, reference, data[name]),
+                        (model, reference, step_data),
                         requests[name],
                         request,
                     )
@@ -228,6 +232,37 @@ def run_steps(request: RunRequest, *, log: Callable[[str], None] = _log) -> RunO
 
         outcome.report = build_report(out)
     return outcome
+
+
+def _with_readers(steps: list[Step], todo: list[Step], log: Callable[[str], None]) -> list[Step]:
+    """``todo`` plus every step that reads (`Experiment.reads`) a step that runs, in run order."""
+    names = {s.spec.name for s in todo}
+    for step in steps:
+        reads = step.spec.reads
+        if (
+            reads in names
+            and step.spec.name not in names
+            and getattr(step.requested(), "source", None) is None
+        ):
+            log(f"[rerun] {step.spec.name}: it reads {reads}, which runs again")
+            names.add(step.spec.name)
+    return [s for s in steps if s.spec.name in names]
+
+
+def _upstream(out: Path, reads: str, outcome: RunOutcome, data: dict[str, Any]) -> Any:
+    """``(result, inputs' data)`` of the step ``reads``: of this run, else from ``OUT/<reads>``.
+
+    None where neither exists.
+    """
+    if reads in outcome.steps:
+        return (outcome.steps[reads].result, data.get(reads))
+    from mechprobe.runner.manifest import read_manifest
+    from mechprobe.runner.steps import load_result
+
+    path = out / reads
+    if read_manifest(path) is None:
+        return None  # the step runs what it reads itself
+    return (load_result(path), None)
 
 
 def _refuse_foreign(
