@@ -185,9 +185,19 @@ def _steps_of(args: Any, names: Sequence[str]) -> list[Any]:
     steps = []
     for name in names:
         spec = specs[name]
-        given = args.text is not None and spec.text_source
-        steps.append(Step(spec, spec.config(text=args.text) if given else None))
+        given: dict[str, Any] = {}
+        if args.text is not None and spec.text_source:
+            given["text"] = args.text
+        if getattr(args, "no_random_model", False) and "no_random_model" in _fields(spec.config):
+            given["no_random_model"] = True
+        steps.append(Step(spec, spec.config(**given) if given else None))
     return steps
+
+
+def _fields(config: type) -> set[str]:
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(config)}
 
 
 def _names(text: str | None, flag: str) -> list[str]:

@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "else gutenberg:32154)",
     )
     p.add_argument("--steps", default=None, help=f"comma list of steps (default: {default})")
+    p.add_argument("--no-random-model", action="store_true", help=NO_RANDOM_MODEL)
     p = sub.add_parser(
         "sweep",
         parents=[common_options(model=False)],
@@ -145,4 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--experiments", default=None, help=f"comma list (default: {default})")
     p.add_argument("--text", default=None, help="negation text (as for 'all')")
+    p.add_argument("--no-random-model", action="store_true", help=NO_RANDOM_MODEL)
     return parser
+
+
+#: ``all`` and ``sweep``'s one setting of a step: the random-weights control costs a forward pass.
+NO_RANDOM_MODEL = (
+    "skip the probes' random-weights control model (a second forward pass over the samples: "
+    "about as long as the negation step's own); the verdict then does without that baseline"
+)
