@@ -146,3 +146,21 @@ def test_ctrl_c_during_exit_handlers_is_one_line(tmp_path):
     )  # fmt: skip
     assert res.returncode == 130, res.stderr
     assert res.stderr.strip() == "mechprobe: interrupted"
+
+
+@pytest.mark.unit
+def test_all_passes_no_random_model_to_the_probe_steps(tmp_path):
+    import json
+
+    from tests.helpers import SHARED_TEXT
+
+    text, out = SHARED_TEXT, tmp_path / "out"
+    code, _, err = run_cli(
+        "all", "--model", "tiny-gpt2", "--steps", "negation", "--no-png", "--no-random-model",
+        "--text", str(text), "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, err[-2000:]
+    manifest = json.loads((out / "negation" / "manifest.json").read_text())
+    assert manifest["config"]["no_random_model"] is True
+    summary = json.loads((out / "negation" / "summary.json").read_text())
+    assert "random_model" not in summary.get("timing_s", {})
