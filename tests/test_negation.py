@@ -300,7 +300,7 @@ def test_finding_uses_every_control_at_every_layer(neg_run):
     _whole_layer_beyond_baselines(tuned, finding_of, WORD_IDENTITY)
     f = finding_of(lexical)
     assert f.verdict == WORD_IDENTITY
-    assert "no better than a random labelling of the same words" in f.this_run
+    assert "not beyond word identity on every control" in f.this_run
     n_layers = len(s["per_layer"])
     assert f"selectivity above +{half * 2**0.5:.3f} in 0 of those layers" in f.this_run
     assert finding_of(tuned).verdict == "holds"

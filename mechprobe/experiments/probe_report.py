@@ -245,9 +245,10 @@ def probe_finding(result: ExperimentResult, claim: str | None) -> Finding:
     verdict = _verdict(tests)
     if verdict == WORD_IDENTITY:
         parts.append(
-            "so the classes are decoded, but no better than a random labelling of the same "
-            "words (the control task), the token embedding or a random-weights model: these "
-            "accuracies show the words' identity, not tuning to the classes as such"
+            "so the classes are decoded, but in most decodable layers not beyond word "
+            "identity on every control (the counts above say which of a random labelling of the "
+            "same words, the token embedding and the random-weights model the probes do not "
+            "beat): these accuracies show the words' identity, not tuning to the classes as such"
         )
     elif any(t.beyond_word_identity is None for t in tests):
         parts.append("controls unavailable (no held-out folds or control task): decodability only")
