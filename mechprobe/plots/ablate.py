@@ -79,7 +79,9 @@ def observed_vs_null(
             row=1,
             col=fi + 1,
         )
-        fig.update_xaxes(title_text="layer", row=1, col=fi + 1)
+        fig.update_xaxes(
+            title_text="layer", tickmode="array", tickvals=list(layers), row=1, col=fi + 1
+        )
     fig.update_yaxes(title_text=f"mean {metric} (nats)", row=1, col=1)
     return themed(fig, title="Decoding units vs random units (ablation)", height=420)
 
