@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+#: The patching runs of the findings: built-in pair set -> components patched.
+PATCH_RUNS = {"ioi": "resid_pre,z", "negation": "resid_pre"}
 
 
 def main() -> int:
@@ -33,12 +35,20 @@ def main() -> int:
     args = ap.parse_args()
 
     from mechprobe.cli.main import main as mechprobe_main
-    from mechprobe.report.markdown import findings_markdown, replace_block
+    from mechprobe.report.markdown import (
+        PATCH_END,
+        PATCH_START,
+        findings_markdown,
+        patch_figures_markdown,
+        patch_markdown,
+        replace_block,
+    )
 
     models = [m for m in args.models.split(",") if m]
     out = Path(args.out)
     argv = ["sweep", "--models", ",".join(models), "--out", str(out), "--text", args.text]
-    code = mechprobe_main(argv + (["--resume"] if args.resume else []))
+    resume = ["--resume"] if args.resume else []
+    code = mechprobe_main(argv + resume)
     if code != 0:
         return code
     from mechprobe.runner.sweep import model_dir
@@ -64,6 +74,23 @@ def main() -> int:
             encoding="utf-8",
         )
         print(f"updated the findings table in {doc}")
+    patches = {}
+    for m in models:
+        patches[m] = {}
+        for pairs, components in PATCH_RUNS.items():
+            run_out = out / f"patch-{pairs}-{m}"
+            argv = ["patch", "--model", m, "--pairs", pairs, "--components", components]
+            code = mechprobe_main([*argv, "--out", str(run_out), *resume])
+            if code != 0:
+                return code
+            patches[m][pairs] = run_out / "patch"
+            for png in sorted((run_out / "patch" / "figures").glob("*.png")):
+                shutil.copyfile(png, dest / f"patch_{pairs}_{m}_{png.name}")
+    table = patch_markdown(patches) + "\n" + patch_figures_markdown(dest, models)
+    for doc in (REPO / "README.md", REPO / "docs" / "findings.md"):
+        text = replace_block(doc.read_text(encoding="utf-8"), table, PATCH_START, PATCH_END)
+        doc.write_text(text, encoding="utf-8")
+        print(f"updated the patching table in {doc}")
     return 0
 
 

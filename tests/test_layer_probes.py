@@ -272,3 +272,30 @@ def test_grouped_folds_used():
     fold = grouped_folds(y, np.arange(60) // 3, 3, seed=0)
     res = nested_probes(rng.normal(size=(60, 4)) + y[:, None], {"real": y}, fold, ks=(1,))
     assert res["k1"]["real"].correct.shape == (60,) and res["k1"]["real"].c.shape == (3,)
+
+
+def test_parallel_layers_equal_serial_and_restore_threads():
+    """The thread pool over layers gives the serial loop's numbers exactly and restores the
+    process's torch and BLAS thread settings."""
+    from threadpoolctl import threadpool_info
+
+    from mechprobe.stats.layer_probe import map_one_thread
+
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1], 40)
+    folds = np.arange(80) % 4
+    layers = [rng.normal(size=(80, 30)) + 0.3 * i * y[:, None] for i in range(4)]
+
+    def fit(x):
+        res = nested_probes(x, {"real": y}, folds, ks=(1, 8))
+        return {k: v["real"].decision for k, v in res.items()}
+
+    serial = [fit(x) for x in layers]
+    before = (torch.get_num_threads(), [p["num_threads"] for p in threadpool_info()])
+    parallel = map_one_thread(fit, layers, workers=2)
+    after = (torch.get_num_threads(), [p["num_threads"] for p in threadpool_info()])
+    assert before == after
+    for s, p in zip(serial, parallel, strict=True):
+        assert s.keys() == p.keys()
+        for k in s:
+            np.testing.assert_array_equal(s[k], p[k])

@@ -250,3 +250,31 @@ def test_cli_defaults_write_a_step(tmp_path, tiny_cli):
     for fig in ("positions", "heads", "spread"):
         assert (dest / "figures" / f"{fig}.html").is_file()
     assert "TL vs HF hooks" in out
+    check_patching_table(dest, summary)
+
+
+def check_patching_table(dest, summary):
+    """The README's patching table, read back from the step: its numbers recomputed here."""
+    from mechprobe.report.markdown import patch_figures_markdown, patch_markdown
+
+    table = patch_markdown({"tiny-gpt2": {"ioi": dest}})
+    cell = table.splitlines()[-1]
+    assert cell.startswith("| indirect-object identification (`ioi`) | **")
+    assert f"clean logit diff {summary['clean_mean']:.2f}" in cell
+    a = np.load(dest / "arrays.npz")
+    effect = (a["z"] - a["corrupt"]).mean(-1) / (a["clean"] - a["corrupt"]).mean()
+    layer, head = np.unravel_index(int(np.nanargmax(effect)), effect.shape)
+    assert f"strongest head L{layer}H{head} {effect[layer, head]:.2f}" in cell
+    assert f"{summary['n_significant']} of {summary['n_cells']} cells survive" in cell
+    failed = dest.parent / "failed"
+    failed.mkdir()
+    (failed / "summary.json").write_text(json.dumps({**summary, "failed": True}))
+    (failed / "finding.json").write_text((dest / "finding.json").read_text())
+    row = patch_markdown({"m": {"negation": failed}}).splitlines()[-1]
+    assert "**fails the set**" in row and "not patched" in row
+    figs = dest.parent / "figs"
+    figs.mkdir()
+    (figs / "patch_ioi_tiny-gpt2_heads.png").write_bytes(b"png")
+    grid = patch_figures_markdown(figs, ["tiny-gpt2", "other"])
+    assert "![tiny-gpt2: ioi, heads](figures/patch_ioi_tiny-gpt2_heads.png) | - |" in grid
+    assert "positions" not in grid.split("| --- |")[-1]

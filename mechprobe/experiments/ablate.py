@@ -724,8 +724,24 @@ def finding(result: ExperimentResult) -> Finding:
         this_run="; ".join(parts) + f". {s['method']} ablation of {s['n_eval']} held-out samples, "
         f"{s['draws']} random sets.",
         verdict=verdict_of(holds, partly=any(matters)),
-        key=", ".join(f"{f}: {'matters' if r['matters'] else 'no effect'}" for f, r in v.items()),
+        key="; ".join(_key(f, r) for f, r in v.items()),
         sample=f"{s['n_eval']} eval samples, {s['n_select']} select samples, R={s['draws']}",
+    )
+
+
+def _key(family: str, verdict: dict[str, Any]) -> str:
+    """``mlp: matters (KL 2.3e-03 vs random 5.3e-05, p 0.005)``: a family's verdict and numbers.
+
+    Example:
+        >>> _key("mlp", {"matters": False, "best": None})
+        'mlp: no effect'
+    """
+    b, word = verdict["best"], "matters" if verdict["matters"] else "no effect"
+    if b is None:
+        return f"{family}: {word}"
+    return (
+        f"{family}: {word} (KL {b['observed']:.1e} vs random {b['null_mean']:.1e}, "
+        f"p {b['pvalue']:.3f})"
     )
 
 

@@ -130,6 +130,8 @@ def layer_probes(
     The first contrast only (for more than two classes: the first class against the rest).
     Without folds nothing is computed and the summary says why.
     """
+    from mechprobe.stats.layer_probe import map_one_thread
+
     if folds is None:
         why = note or "no held-out folds (folds 0)"
         return {"note": f"whole-layer and k-sparse held-out probes unavailable: {why}"}
@@ -149,12 +151,24 @@ def layer_probes(
     key = pairs[0][0]
     summary: dict[str, Any] = {"kinds": list(PROBE_KINDS), "families": {}}
     fams = [f for f in acts if f != "embed"]
-    for fam in [*fams, *(["embed"] if "embed" in acts else [])]:
+    order = [*fams, *(["embed"] if "embed" in acts else [])]
+    tasks = [(fam, i) for fam in order for i in range(acts[fam].shape[1])]
+    probed = dict(
+        zip(
+            tasks,
+            map_one_thread(
+                lambda t: probe_layer(acts[t[0]][:, t[1], :].double().numpy(), labels, folds),
+                tasks,
+            ),
+            strict=True,
+        )
+    )
+    for fam in order:
         x = acts[fam]
         n_layers = x.shape[1]
         table = {s: np.full((n_layers, len(PROBE_KINDS)), np.nan) for s in LP_STATS}
         for i in range(n_layers):
-            rows = probe_layer(x[:, i, :].double().numpy(), labels, folds)
+            rows = probed[fam, i]
             rows.update(_unit_rows(fam, i, per_layer, key, multi, best_correct, y, labels, lexical))
             for j, kind in enumerate(PROBE_KINDS):
                 for stat, v in rows.get(kind, {}).items():
@@ -277,7 +291,7 @@ def random_model_accuracy(
     """
     from mechprobe.activations import collect_units
     from mechprobe.models.loading import random_weights_model
-    from mechprobe.stats.layer_probe import nested_probes
+    from mechprobe.stats.layer_probe import map_one_thread, nested_probes
 
     rnd = random_weights_model(model, seed=RANDOM_MODEL_SEED + config.seed)
     acts = collect_units(
@@ -289,15 +303,11 @@ def random_model_accuracy(
         batch_size=config.batch_size,
     )
     del rnd
-    out = {}
-    for fam in families:
-        x = acts[fam]
-        out[fam] = np.array(
-            [
-                nested_probes(x[:, i, :].double().numpy(), {"real": y}, folds, ks=())[
-                    "whole_layer"
-                ]["real"].accuracy
-                for i in range(x.shape[1])
-            ]
-        )
-    return out
+
+    def whole(t: tuple[str, int]) -> float:
+        x = acts[t[0]][:, t[1], :].double().numpy()
+        return nested_probes(x, {"real": y}, folds, ks=())["whole_layer"]["real"].accuracy
+
+    tasks = [(fam, i) for fam in families for i in range(acts[fam].shape[1])]
+    acc = dict(zip(tasks, map_one_thread(whole, tasks), strict=True))
+    return {fam: np.array([acc[t] for t in tasks if t[0] == fam]) for fam in families}

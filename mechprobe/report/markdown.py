@@ -18,6 +18,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 START, END = "<!-- findings:start -->", "<!-- findings:end -->"
+#: Markers of the activation-patching table (`patch_markdown`).
+PATCH_START, PATCH_END = "<!-- patching:start -->", "<!-- patching:end -->"
+#: The built-in pair sets, in the patching table's row order, with their row titles.
+PAIR_SETS = {"ioi": "indirect-object identification", "negation": "negation flips the answer"}
 
 
 def _cell(text: str) -> str:
@@ -126,13 +130,111 @@ def verdicts_in_markdown(text: str) -> dict[str, list[str]]:
     return out
 
 
-def replace_block(document: str, table: str) -> str:
-    r"""``document`` with the text between the findings markers replaced by ``table``.
+def replace_block(document: str, table: str, start: str = START, end: str = END) -> str:
+    r"""``document`` with the text between the markers (the findings ones) replaced by ``table``.
 
     Example:
         >>> replace_block(f"a {START}old{END} b", "new")
         'a <!-- findings:start -->\nnew\n<!-- findings:end --> b'
     """
-    head, rest = document.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{table}\n{END}{tail}"
+    head, rest = document.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{table}\n{end}{tail}"
+
+
+def _patch_cell(step: Path) -> str:
+    """One model's patching result on one pair set, from ``step`` (a ``patch`` step directory)."""
+    import numpy as np
+
+    try:
+        s = json.loads((step / "summary.json").read_text(encoding="utf-8"))
+        f = json.loads((step / "finding.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "-"
+    base = (
+        f"clean logit diff {s['clean_mean']:.2f} (corrupt {s['corrupt_mean']:.2f}), "
+        f"right on {s['clean_accuracy']:.0%} of {s['n_pairs']} pairs"
+    )
+    if s.get("failed"):
+        return f"**fails the set**: {base}; not patched"
+    bits = [base, f"{s['n_significant']} of {s['n_cells']} cells survive FDR {s['alpha']:g}"]
+    with np.load(step / "arrays.npz") as a:
+        if "resid_pre_mean" in a:
+            last = a["resid_pre_mean"][:, int(a["length"].min()) - 1]  # the last position
+            at = np.flatnonzero(np.nan_to_num(last, nan=-np.inf) >= 0.5)
+            if at.size:
+                bits.append(f"the last position carries the answer from layer {int(at[0])}")
+        if "z_mean" in a:
+            m, q = a["z_mean"], a["z_qvalue"]
+            L, h = np.unravel_index(int(np.nanargmax(m)), m.shape)
+            bits.append(
+                f"strongest head L{L}H{h} {m[L, h]:.2f} "
+                f"[{a['z_ci_low'][L, h]:.2f}, {a['z_ci_high'][L, h]:.2f}], q {q[L, h]:.2g}"
+            )
+    return f"**{f['verdict']}**: " + _cell("; ".join(bits))
+
+
+def patch_markdown(runs: Mapping[str, Mapping[str, Path]]) -> str:
+    """The activation-patching table: built-in pair sets x models, read from ``patch`` steps.
+
+    Each cell: the verdict (``holds``: some cell survives the FDR with an interval above 0),
+    the clean and corrupt logit differences, how many cells survive, the first layer from which
+    patching the last position restores at least half of the clean logit difference, and the
+    strongest head; a model that fails a set says so (it was not patched).
+
+    Args:
+        runs: ``{model: {pair set: step directory}}``.
+
+    Example:
+        >>> print(patch_markdown({"m": {"ioi": Path("no/such/patch")}}))
+        | pair set | m |
+        | --- | --- |
+        | indirect-object identification (`ioi`) | - |
+    """
+    lines = ["| pair set |" + "".join(f" {m} |" for m in runs), "| --- |" + " --- |" * len(runs)]
+    sets = [k for k in PAIR_SETS if any(k in r for r in runs.values())]
+    for key in sets:
+        cells = [_patch_cell(r[key]) if key in r else "-" for r in runs.values()]
+        lines.append(f"| {PAIR_SETS[key]} (`{key}`) |" + "".join(f" {c} |" for c in cells))
+    return "\n".join(lines)
+
+
+#: The patching figures shown under the table, with their row titles.
+PATCH_FIGURES = {
+    "positions": "layer x position (residual stream)",
+    "heads": "layer x head (head outputs)",
+}
+
+
+def patch_figures_markdown(figures: Path, models: list[str]) -> str:
+    """Under the patching table: a pair set x figure by model grid of the PNGs that exist.
+
+    ``figures/patch_<set>_<model>_<figure>.png`` as `scripts/make_figures.py` names them; a set
+    a model failed has no figure and shows "-".
+
+    Example:
+        >>> patch_figures_markdown(Path("no/such/dir"), ["m"])
+        ''
+    """
+    rows = []
+    for key in PAIR_SETS:
+        for fig, title in PATCH_FIGURES.items():
+            names = [f"patch_{key}_{m}_{fig}.png" for m in models]
+            if not any((figures / n).is_file() for n in names):
+                continue
+            cells = [
+                f"![{m}: {key}, {fig}](figures/{n})" if (figures / n).is_file() else "-"
+                for m, n in zip(models, names, strict=True)
+            ]
+            rows.append(f"| `{key}`, {title} |" + "".join(f" {c} |" for c in cells))
+    if not rows:
+        return ""
+    head = [
+        "",
+        "Heatmaps: colour is the share of the clean logit difference restored by patching one "
+        "cell (0 nothing, 1 all of it); a dot marks a cell that survives the FDR.",
+        "",
+        "| pair set, figure |" + "".join(f" {m} |" for m in models),
+        "| --- |" + " --- |" * len(models),
+    ]
+    return "\n".join(head + rows)
