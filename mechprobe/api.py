@@ -313,9 +313,10 @@ class PatchResult(Result):
     def to_dataframe(self) -> Any:
         """One row per component x layer x position-or-head x pair that was patched.
 
-        Columns: ``component``, ``layer``, ``pos`` (NaN for head cells), ``head`` (NaN for
-        position cells), ``pair`` (0-based, in the order given), ``value`` (the logit
-        difference of the patched corrupted run).
+        Columns: ``component``, ``layer``, ``pos`` (NaN for head cells; pairs of different
+        lengths are aligned at their last token, `mechprobe.experiments.patch.align_right`),
+        ``head`` (NaN for position cells), ``pair`` (0-based, in the order given), ``value``
+        (the logit difference of the patched corrupted run).
 
         Example:
             >>> rows = [{"clean": "When Mary and John went to the store, John gave a drink to",

@@ -278,3 +278,32 @@ def check_patching_table(dest, summary):
     grid = patch_figures_markdown(figs, ["tiny-gpt2", "other"])
     assert "![tiny-gpt2: ioi, heads](figures/patch_ioi_tiny-gpt2_heads.png) | - |" in grid
     assert "positions" not in grid.split("| --- |")[-1]
+
+
+def test_mixed_lengths_are_aligned_at_the_end(tiny_model, tiny_reference):
+    """Pairs of two lengths: each group equals TransformerLens on that group alone, shifted so
+    the last tokens share the last column; every cell some pair has gets a finite interval."""
+    longer = [
+        dict(p, clean=p["clean"].replace("the store", "the big old store"),
+             corrupt=p["corrupt"].replace("the store", "the big old store"), template="c")
+        for p in PAIRS[:4]
+    ]  # fmt: skip
+    pairs = PAIRS + longer
+    config = ep.resolve(
+        ep.PatchConfig(components=("resid_pre", "z"), n_boot=200), model_shape(tiny_model)
+    )
+    res = ep.run(config, tiny_model, tiny_reference, pairs)
+    short_n, long_n = (len(tokenise_pairs(tiny_model, g).clean[0]) for g in (PAIRS, longer))
+    shift = long_n - short_n
+    assert shift > 0
+    got = res.arrays["resid_pre"]
+    short_tl = tl_sweep(tiny_model, PAIRS, "get_act_patch_resid_pre")
+    long_tl = tl_sweep(tiny_model, longer, "get_act_patch_resid_pre")
+    np.testing.assert_allclose(got[:, shift:, : len(PAIRS)], short_tl, atol=1e-5)
+    assert np.isnan(got[:, :shift, : len(PAIRS)]).all()
+    np.testing.assert_allclose(got[:, :, len(PAIRS) :], long_tl, atol=1e-5)
+    has = ~np.isnan(res.arrays["resid_pre_mean"])
+    assert has.all()
+    assert np.isfinite(res.arrays["resid_pre_ci_low"][has]).all()
+    assert res.summary["reference"]["passed"], res.summary["reference"]
+    assert len(res.summary["position_tokens"]) == long_n

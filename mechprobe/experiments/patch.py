@@ -174,7 +174,6 @@ def run(config: PatchConfig, model: Model, reference: Any, data: Any = None) -> 
     """
     from mechprobe.corpus.pairs import load_pairs, tokenise_pairs
     from mechprobe.experiments.patch_core import POSITION_COMPONENTS, PatchRunner
-    from mechprobe.stats.patching import bh_qvalues, cell_statistics
 
     started = time.perf_counter()
     if isinstance(data, Inputs):  # the library passes the pairs with their sha256
@@ -187,7 +186,7 @@ def run(config: PatchConfig, model: Model, reference: Any, data: Any = None) -> 
     n_layers = runner.n_layers
     layers = list(range(n_layers)) if config.layers is None else list(config.layers)
     tok = model.tokenizer
-    longest = int(np.argmax(tp.lengths))
+    shown = labelled_pair(tp.lengths)
     summary: dict[str, Any] = {
         "pairs": config.pairs,
         "n_pairs": len(pairs),
@@ -196,8 +195,10 @@ def run(config: PatchConfig, model: Model, reference: Any, data: Any = None) -> 
         "layers_patched": layers,
         "n_layers": n_layers,
         "n_heads": runner.n_heads,
-        "position_tokens": [tok.decode([t]) for t in tp.clean[longest]],
-        "example": {k: pairs[longest][k] for k in ("clean", "corrupt", "answer", "wrong")},
+        "position_tokens": [""] * (runner.n_pos - int(tp.lengths[shown]))
+        + [tok.decode([t]) for t in tp.clean[shown]],
+        "position_alignment": "end",  # pairs of different lengths share their last column
+        "example": {k: pairs[shown][k] for k in ("clean", "corrupt", "answer", "wrong")},
         "clean_mean": float(np.mean(runner.clean)),
         "corrupt_mean": float(np.mean(runner.corrupt)),
         "clean_accuracy": float(np.mean(runner.clean > 0)),
@@ -220,8 +221,71 @@ def run(config: PatchConfig, model: Model, reference: Any, data: Any = None) -> 
         summary["seconds"] = time.perf_counter() - started
         return ExperimentResult(NAME, arrays, summary)
 
-    values = {c: runner.values(c, layers) for c in config.components}
-    denom = runner.clean - runner.corrupt
+    values = {
+        c: align_right(runner.values(c, layers), tp.lengths) if c in POSITION_COMPONENTS else
+        runner.values(c, layers)
+        for c in config.components
+    }  # fmt: skip
+    cells, st, _ = statistics(config, arrays, values, layers, summary)
+    summary["reference"] = _check_reference(config, reference, tp, runner, values, cells, st.mean)
+    summary["seconds"] = time.perf_counter() - started
+    return ExperimentResult(NAME, arrays, summary)
+
+
+def labelled_pair(lengths: np.ndarray) -> int:
+    """The pair whose tokens label the position columns: the first of the most common length.
+
+    Ties go to the longer length. With positions aligned at the end (`align_right`), a column
+    holds the same role in most pairs when it is labelled from the most common template shape.
+
+    Example:
+        >>> labelled_pair(np.array([15, 18, 16, 16, 15]))
+        2
+    """
+    values, counts = np.unique(np.asarray(lengths), return_counts=True)
+    modal = values[counts == counts.max()].max()
+    return int(np.flatnonzero(np.asarray(lengths) == modal)[0])
+
+
+def align_right(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``[layer, pos, pair]`` values by position from the start -> aligned at each pair's end.
+
+    Column ``i`` of a pair of ``t`` tokens is its position ``i - (T - t)`` (``T`` the longest):
+    the last token, where the metric is read, is the last column for every pair, and a shorter
+    pair is NaN in the first ``T - t`` columns. Equal lengths: unchanged.
+
+    Example:
+        >>> v = np.arange(6.0).reshape(1, 3, 2)  # pair 1 has 2 tokens (NaN at position 2)
+        >>> v[0, 2, 1] = np.nan
+        >>> align_right(v, np.array([3, 2]))[0].tolist()
+        [[0.0, nan], [2.0, 1.0], [4.0, 3.0]]
+    """
+    out = np.full_like(values, np.nan)
+    n_pos = values.shape[1]
+    for j, t in enumerate(np.asarray(lengths).astype(int)):
+        out[:, n_pos - t :, j] = values[:, :t, j]
+    return out
+
+
+def statistics(
+    config: PatchConfig,
+    arrays: dict[str, np.ndarray],
+    values: dict[str, np.ndarray],
+    layers: list[int],
+    summary: dict[str, Any],
+) -> tuple[list[tuple[str, int, int]], Any, np.ndarray]:
+    """Per cell: normalised mean, bootstrap interval, sign-flip p and BH q, into ``arrays``.
+
+    ``values``: per component ``[layer, pos|head, pair]`` patched logit differences (positions
+    aligned at the end, `align_right`); ``arrays`` holds ``clean``, ``corrupt`` and
+    ``template``. Fills ``summary``'s ``n_cells``, ``n_significant`` and ``top_cells``.
+    Returns ``(cells, their statistics, q-values)``.
+    """
+    from mechprobe.experiments.patch_core import POSITION_COMPONENTS
+    from mechprobe.stats.patching import bh_qvalues, cell_statistics
+
+    corrupt = arrays["corrupt"]
+    denom = arrays["clean"] - corrupt
     cells: list[tuple[str, int, int]] = []
     rows = []
     for c, v in values.items():
@@ -229,10 +293,15 @@ def run(config: PatchConfig, model: Model, reference: Any, data: Any = None) -> 
             for i in range(v.shape[1]):
                 if not np.all(np.isnan(v[L, i])):
                     cells.append((c, L, i))
-                    rows.append(v[L, i] - runner.corrupt)
+                    rows.append(v[L, i] - corrupt)
     effects = np.array(rows)
     st = cell_statistics(
-        effects, denom, tp.template, n_boot=config.n_boot, n_perm=config.n_perm, seed=config.seed
+        effects,
+        denom,
+        arrays["template"],
+        n_boot=config.n_boot,
+        n_perm=config.n_perm,
+        seed=config.seed,
     )
     q = bh_qvalues(st.pvalue)
     for c, v in values.items():
@@ -253,9 +322,7 @@ def run(config: PatchConfig, model: Model, reference: Any, data: Any = None) -> 
          "ci_high": float(st.ci_high[k]), "pvalue": float(st.pvalue[k]), "qvalue": float(q[k])}
         for k in order
     ]  # fmt: skip
-    summary["reference"] = _check_reference(config, reference, tp, runner, values, cells, st.mean)
-    summary["seconds"] = time.perf_counter() - started
-    return ExperimentResult(NAME, arrays, summary)
+    return cells, st, q
 
 
 def _check_reference(
@@ -280,11 +347,14 @@ def _check_reference(
     for k in picked:
         c, L, i = cells[k]
         for g in runner.groups:
-            if c in ("resid_pre", "attn_out", "mlp_out") and i >= len(tp.clean[g[0]]):
-                continue
+            at = i  # a position column is aligned at the end (`align_right`)
+            if c in ("resid_pre", "attn_out", "mlp_out"):
+                at = i - (runner.n_pos - len(tp.clean[g[0]]))
+                if at < 0:
+                    continue
             ref = reference_patch(
                 hf, torch.tensor([tp.clean[j] for j in g]),
-                torch.tensor([tp.corrupt[j] for j in g]), c, L, i, tp.answer[g], tp.wrong[g],
+                torch.tensor([tp.corrupt[j] for j in g]), c, L, at, tp.answer[g], tp.wrong[g],
             )  # fmt: skip
             diff = np.abs(ref - values[c][L, i, g])
             worst = float("nan") if not np.all(np.isfinite(diff)) else max(worst, diff.max())
@@ -413,7 +483,10 @@ SPEC = Experiment(
             "positions",
             "Patching the residual stream, attention and MLP outputs by layer and position",
             "One panel per component: colour is the normalised effect of patching the clean "
-            "activation at that layer (rows) and position (columns) into the corrupted run "
+            "activation at that layer (rows) and position (columns; pairs of different lengths "
+            "aligned at their last token, labelled with the tokens of the first pair of the most "
+            "common length) into the "
+            "corrupted run "
             "(0: nothing restored, 1: the clean logit difference restored, negative: pushed "
             "further away); a dot marks cells that survive the Benjamini-Hochberg FDR.",
         ),

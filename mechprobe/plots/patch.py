@@ -71,7 +71,10 @@ def heatmaps(
         fig.update_yaxes(title_text="layer" if k == 0 else None, autorange="reversed",
                          dtick=1 if m.shape[0] <= 16 else 5, row=1, col=k + 1)  # fmt: skip
         fig.update_xaxes(title_text=x_title, row=1, col=k + 1)
-    return themed(fig, title=title, height=max(320, 22 * means[0].shape[0] + 160))
+    fig = themed(fig, title=title, height=max(320, 22 * means[0].shape[0] + 160))
+    # the marker legend above the plot, clear of the colour bar's title
+    fig.update_layout(legend={"orientation": "h", "x": 1.0, "xanchor": "right", "y": 1.08})
+    return fig
 
 
 def spread(
@@ -121,12 +124,14 @@ def figures(result: Any) -> dict[str, go.Figure | None]:
     pos = [c for c in POSITION if f"{c}_mean" in a]
     if pos:
         tokens = s.get("position_tokens", [])
-        labels = [f"{i} {show_token(t)}" for i, t in enumerate(tokens)]
+        labels = [f"{i} {show_token(t)}" if t else str(i) for i, t in enumerate(tokens)]
         n = a[f"{pos[0]}_mean"].shape[1]
         labels = (labels + [str(i) for i in range(len(labels), n)])[:n]
         out["positions"] = heatmaps(
             [a[f"{c}_mean"] for c in pos], [a[f"{c}_qvalue"] for c in pos], pos, labels,
-            alpha, "Activation patching by layer and position", "position (token)",
+            alpha, "Activation patching by layer and position",
+            "position (pairs aligned at their last token; tokens of the most common length)"
+            if len(set(a["length"].tolist())) > 1 else "position (token)",
         )  # fmt: skip
     heads = [c for c in HEAD if f"{c}_mean" in a]
     if heads:

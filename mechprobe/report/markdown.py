@@ -160,7 +160,7 @@ def _patch_cell(step: Path) -> str:
     bits = [base, f"{s['n_significant']} of {s['n_cells']} cells survive FDR {s['alpha']:g}"]
     with np.load(step / "arrays.npz") as a:
         if "resid_pre_mean" in a:
-            last = a["resid_pre_mean"][:, int(a["length"].min()) - 1]  # the last position
+            last = a["resid_pre_mean"][:, -1]  # the last token (positions aligned at the end)
             at = np.flatnonzero(np.nan_to_num(last, nan=-np.inf) >= 0.5)
             if at.size:
                 bits.append(f"the last position carries the answer from layer {int(at[0])}")

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import itertools
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,7 +147,15 @@ def cell_statistics(
     w = _cluster_weights(cl, n_boot, seed)  # [boot, pairs]
     with np.errstate(invalid="ignore", divide="ignore"):
         reps = (w @ filled.T) / (w @ dmat.T)  # [boot, cells]
-    low, high = percentile_interval(reps, level)
+    if np.isnan(reps).any():
+        # A resample none of whose pairs has the cell (all shorter than its position) says
+        # nothing about it: such replicates are left out; a cell no replicate has stays NaN.
+        alpha = (1.0 - level) / 2.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            low, high = np.nanquantile(reps, [alpha, 1.0 - alpha], axis=0)
+    else:
+        low, high = percentile_interval(reps, level)
     p = sign_flip_pvalue(e, n_perm, seed)
     return CellStats(mean, np.asarray(low), np.asarray(high), p, valid.sum(1))
 
