@@ -30,7 +30,8 @@ def _run(tree: Path, out: Path, args: argparse.Namespace, extra: list[str]) -> d
     """``mechprobe all`` with ``tree``'s code; its wall time, load and per-step timings."""
     cmd = [sys.executable, "-m", "mechprobe", "all", "--model", args.model, "--out", str(out)]
     cmd += extra
-    cmd += ["--text", args.text] if args.text else []
+    # the runs' cwd is their tree: a relative --text means the caller's directory
+    cmd += ["--text", str(Path(args.text).resolve())] if args.text else []
     cmd += ["--steps", args.steps] if args.steps else []
     cmd += ["--no-png"] if args.no_png else []
     env = {**os.environ, "PYTHONPATH": str(tree)}
