@@ -164,3 +164,40 @@ def test_all_passes_no_random_model_to_the_probe_steps(tmp_path):
     assert manifest["config"]["no_random_model"] is True
     summary = json.loads((out / "negation" / "summary.json").read_text())
     assert "random_model" not in summary.get("timing_s", {})
+
+
+@pytest.mark.unit
+def test_the_command_ends_with_its_status_after_the_exit_handlers(tmp_path):
+    """`entry` ends by os._exit after running the atexit handlers (no module-by-module
+    teardown): the handlers' output arrives, in order, and the status is main's."""
+    code = (
+        "import atexit, sys\n"
+        "sys.argv = ['mechprobe', 'models']\n"
+        "atexit.register(lambda: print('first registered, last run', flush=True))\n"
+        "atexit.register(lambda: print('handler', end=' '))\n"
+        "from mechprobe.cli.main import entry\n"
+        "entry()\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("name ")  # the command's own output came first
+    assert res.stdout.endswith("handler first registered, last run\n")
+    bad = subprocess.run(
+        [sys.executable, "-c", code.replace("'models'", "'models', '--bogus'")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "handler first registered" in bad.stdout
+
+
+@pytest.mark.unit
+def test_a_live_foreign_thread_gets_the_interpreters_own_exit():
+    """With a non-daemon thread still running, the exit waits for it, as Python's would."""
+    code = (
+        "import sys, threading, time\n"
+        "threading.Thread(target=lambda: (time.sleep(1), print('thread done', flush=True)))"
+        ".start()\n"
+        "from mechprobe.cli.main import _exit_now\n"
+        "_exit_now(3)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 3 and res.stdout == "thread done\n", res

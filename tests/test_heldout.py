@@ -227,3 +227,23 @@ def test_heldout_errors():
         heldout_eval(np.zeros((6, 1)), y, np.zeros(6, dtype=int))
     with pytest.raises(ValueError, match="shape"):
         heldout_eval(np.zeros((5, 1)), y, np.arange(6) % 2)
+
+
+def test_layers_on_the_thread_pool_equal_the_serial_loop():
+    """`heldout_layers` spreads layers over one-thread workers: the numbers are exactly those
+    of `heldout_eval` layer by layer, and the process's torch threads are restored."""
+    from mechprobe.stats.layerwise import heldout_layers
+
+    rng = np.random.default_rng(5)
+    y = np.repeat([0, 1], 40)
+    x = torch.from_numpy(rng.normal(size=(80, 4, 30)) + 0.4 * y[:, None, None] * rng.random(30))
+    folds = np.arange(80) % 4
+    before = torch.get_num_threads()
+    got = heldout_layers(x, y, folds, progress=False)
+    assert torch.get_num_threads() == before
+    for i in range(4):
+        want = heldout_eval(x[:, i, :], y, folds)
+        assert_array_equal(got["accuracy"][i], want.accuracy)
+        assert_array_equal(got["auc"][i], want.auc)
+        assert_array_equal(got["best_unit"][i], want.best_unit)
+        assert_array_equal(got["best_correct"][i], want.best_correct)

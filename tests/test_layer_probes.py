@@ -279,7 +279,7 @@ def test_parallel_layers_equal_serial_and_restore_threads():
     process's torch and BLAS thread settings."""
     from threadpoolctl import threadpool_info
 
-    from mechprobe.stats.layer_probe import map_one_thread
+    from mechprobe.stats.threads import map_one_thread
 
     rng = np.random.default_rng(3)
     y = np.repeat([0, 1], 40)

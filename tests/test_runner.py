@@ -168,3 +168,45 @@ def test_a_step_killed_midway_leaves_the_previous_one_whole(tmp_path, point):
     assert res.returncode == 0, res.stderr
     assert "[reuse] heads" in res.stderr and tree(tmp_path / "heads") == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [".mechprobe.lock", "heads", "index.html"]
+
+
+@pytest.mark.unit
+def test_the_step_before_is_whole_when_the_next_one_is_killed_computed(tmp_path):
+    """Steps are written in the background while the next computes; a kill at the next
+    step's ``computed`` point still finds the step before complete and verified."""
+    from mechprobe.runner.steps import read_manifest, verify_step
+
+    out = tmp_path / "out"
+    res = mechprobe(
+        "all", *TINY, "--out", str(out), "--steps", "crosscheck,heads",
+        env={"MECHPROBE_FAILPOINT": "heads:computed"},
+    )  # fmt: skip
+    assert res.returncode == -9, res.stderr
+    assert verify_step(out / "crosscheck", read_manifest(out / "crosscheck")) is None
+    assert not (out / "heads").exists()
+
+
+@pytest.mark.unit
+def test_step_writer_order_errors_and_exit():
+    """`StepWriter`: one write at a time, its error raised by wait, and leaving the context
+    on an error still finishes the write in flight."""
+    import threading
+    import time
+
+    from mechprobe.runner.run import StepWriter
+
+    done = []
+    with StepWriter() as writer:
+        writer.start(lambda: (time.sleep(0.2), done.append("first")))
+        with pytest.raises(RuntimeError, match="still being written"):
+            writer.start(lambda: done.append("second"))
+        writer.wait()
+        assert done == ["first"]
+        writer.start(lambda: threading.current_thread().name)
+    with pytest.raises(OSError, match="disk full"), StepWriter() as writer:
+        writer.start(lambda: (_ for _ in ()).throw(OSError("disk full")))
+        writer.wait()
+    with pytest.raises(KeyError), StepWriter() as writer:
+        writer.start(lambda: (time.sleep(0.2), done.append("kept")))
+        raise KeyError("the next step failed")
+    assert done == ["first", "kept"]  # the failed run still wrote what it had computed

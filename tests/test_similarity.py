@@ -365,3 +365,21 @@ def test_bootstrap_over_sentences_matches_a_direct_computation(tiny_model, tiny_
     assert (
         "95% CI" in finding.this_run and "bootstrap over sentences (60 resamples" in finding.sample
     )
+
+
+def test_bootstrap_beside_the_stream_equals_the_serial_loop():
+    """The resamples are computed on worker threads while the layers stream on: every layer
+    passes through unchanged and in order, and the replicates equal the serial loop's."""
+    from mechprobe.stats.cosine_bootstrap import resampled_mean_abs_cos
+
+    rng = np.random.default_rng(2)
+    slices = {"q": slice(0, 8), "k": slice(8, 12), "v": slice(12, 16)}
+    layers = [rng.normal(size=(2, 20, 16)) + i * rng.normal(size=16) for i in range(7)]
+    rows = np.random.default_rng(0).integers(0, 20, size=(60, 20))
+    out: list = []
+    passed = list(e3._bootstrapped(iter(layers), slices, rows, out))
+    assert all(a is b for a, b in zip(passed, layers, strict=True))
+    want = [resampled_mean_abs_cos(x[0], slices, rows) for x in layers]
+    assert len(out) == len(want)
+    for got, exp in zip(out, want, strict=True):
+        np.testing.assert_array_equal(got, exp)

@@ -130,7 +130,7 @@ def layer_probes(
     The first contrast only (for more than two classes: the first class against the rest).
     Without folds nothing is computed and the summary says why.
     """
-    from mechprobe.stats.layer_probe import map_one_thread
+    from mechprobe.stats.threads import map_one_thread
 
     if folds is None:
         why = note or "no held-out folds (folds 0)"
@@ -291,7 +291,8 @@ def random_model_accuracy(
     """
     from mechprobe.activations import collect_units
     from mechprobe.models.loading import random_weights_model
-    from mechprobe.stats.layer_probe import map_one_thread, nested_probes
+    from mechprobe.stats.layer_probe import nested_probes
+    from mechprobe.stats.threads import map_one_thread
 
     rnd = random_weights_model(model, seed=RANDOM_MODEL_SEED + config.seed)
     acts = collect_units(

@@ -195,12 +195,33 @@ def _layer_summary(arrays: dict[str, np.ndarray], layers: list[int], suffix: str
 def _bootstrapped(
     stream: Iterable[np.ndarray], slices: dict[str, slice], rows: np.ndarray, out: list
 ) -> Iterator[np.ndarray]:
-    """Pass the layers on, adding each layer's target mean |cos| on every resample to ``out``."""
+    """Pass the layers on; each layer's target mean |cos| on every resample goes to ``out``.
+
+    The resamples of a layer are computed beside the stream, on a pool of one-BLAS-thread
+    workers (the numbers of the serial loop exactly: each layer is the same one-thread
+    computation); ``out`` gets them in layer order when the stream ends. At most two layers per
+    worker wait, so the stream's memory stays bounded.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
     from mechprobe.stats.cosine_bootstrap import resampled_mean_abs_cos
 
-    for xs in stream:
-        out.append(resampled_mean_abs_cos(xs[0], slices, rows))
-        yield xs
+    workers = max(1, torch.get_num_threads())
+    done: list[np.ndarray] = []
+    with threadpool_limits(limits=1, user_api="blas"):
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            waiting: list[Any] = []
+            for xs in stream:
+                job = pool.submit(resampled_mean_abs_cos, xs[0], slices, rows, blas_threads=None)
+                waiting.append(job)
+                if len(waiting) > 2 * workers:
+                    done.append(waiting.pop(0).result())
+                yield xs
+            done.extend(job.result() for job in waiting)
+    out.extend(done)
 
 
 def run(

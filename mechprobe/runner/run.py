@@ -22,10 +22,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,7 +212,8 @@ def run_steps(request: RunRequest, *, log: Callable[[str], None] = _log) -> RunO
             model, reference, loaded_shape = _load(request, source, todo, outcome, log)
             if resolved is None:
                 resolved = resolve_steps(request.steps, loaded_shape)
-            with png_session(request.png):  # one browser for all the run's PNGs
+            # one browser for all the run's PNGs; each step is written while the next computes
+            with png_session(request.png), StepWriter() as writer:
                 for i, step in enumerate(todo, 1):
                     name = step.spec.name
                     log(f"[{i}/{len(todo)}] {name}")
@@ -224,9 +227,13 @@ def run_steps(request: RunRequest, *, log: Callable[[str], None] = _log) -> RunO
                         (model, reference, step_data),
                         requests[name],
                         request,
+                        writer,
                     )
                     outcome.timings[name] = outcome.steps[name].manifest["wall_s"]
                     log(f"[{i}/{len(todo)}] {name}: done in {outcome.timings[name]:.1f} s")
+            for done in outcome.steps.values():  # the manifests as written (file digests)
+                if not done.reused:
+                    done.manifest = read_manifest(done.path) or done.manifest
         outcome.steps = {s.spec.name: outcome.steps[s.spec.name] for s in request.steps}
         from mechprobe.report import build_report
 
@@ -324,8 +331,13 @@ def _run_one(
     loaded: tuple[Any, Any, Any],
     req: dict[str, Any],
     request: RunRequest,
+    writer: StepWriter | None = None,
 ) -> StepOutcome:
-    """Run one step through `mechprobe.experiments.execute` (the library's path), write it."""
+    """Run one step through `mechprobe.experiments.execute` (the library's path), write it.
+
+    With ``writer`` the step is written in the background (`StepWriter`); the outcome's
+    manifest then lacks the files' digests until the caller reads it back.
+    """
     from mechprobe.faults import failpoint
     from mechprobe.plots import captions_of, figures_of
     from mechprobe.runner.execute import execute, step_manifest
@@ -334,17 +346,72 @@ def _run_one(
     model, reference, data = loaded
     run = execute(step.spec, config, model, reference, data)
     figures = figures_of(run.result)
+    own = writer if writer is not None else StepWriter()
+    own.wait()  # the step before is on disk before this one counts as computed
     failpoint(f"{step.spec.name}:computed")
     manifest = step_manifest(run, req, request.command)
-    path = write_step(
-        out,
-        step.spec,
-        run.result,
-        figures,
-        manifest,
-        png=request.png,
-        captions=captions_of(run.result),
+    path = out / step.spec.name
+    own.start(
+        lambda: write_step(
+            out,
+            step.spec,
+            run.result,
+            figures,
+            manifest,
+            png=request.png,
+            captions=captions_of(run.result),
+        )
     )
-    from mechprobe.runner.manifest import read_manifest
+    if writer is None:
+        own.wait()
+        from mechprobe.runner.manifest import read_manifest
 
-    return StepOutcome(path, False, "ran", run.result, read_manifest(path) or manifest)
+        manifest = read_manifest(path) or manifest
+    return StepOutcome(path, False, "ran", run.result, manifest)
+
+
+class StepWriter:
+    """Writes one step directory in a background thread while the next step computes.
+
+    Writing a step is mostly waiting for the browser that draws its PNGs (0.5 s a figure);
+    the next step's computation need not wait for it. At most one write is in flight:
+    `start` is called only after `wait`, which the runner calls before the next step counts
+    as computed, so the order on disk is the order of the steps, and a crash (or a
+    ``<step>:computed`` failpoint) after step N+1's computation finds step N complete. Leaving
+    the context waits for the last write, also on an error or an interrupt, so that nothing
+    computed is lost; an error of the write is raised by `wait`.
+
+    Example:
+        >>> with StepWriter() as writer:
+        ...     writer.start(lambda: None)
+        ...     writer.wait()
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mechprobe-write")
+        self._pending: Future[Any] | None = None
+
+    def start(self, write: Callable[[], Any]) -> None:
+        """Run ``write`` in the background (after the previous write: call `wait` first)."""
+        if self._pending is not None:
+            raise RuntimeError("a step is still being written: wait() first")
+        self._pending = self._pool.submit(write)
+
+    def wait(self) -> None:
+        """Block until the write in flight is done; raise its error, if any."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> StepWriter:
+        return self
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        try:
+            if kind is None:
+                self.wait()
+            else:  # the run failed: finish writing what was computed, keep the first error
+                with contextlib.suppress(Exception):
+                    self.wait()
+        finally:
+            self._pool.shutdown(wait=True)

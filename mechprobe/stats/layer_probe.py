@@ -42,18 +42,13 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 import torch
 from jaxtyping import Bool, Float, Shaped
 
-T = TypeVar("T")
-R = TypeVar("R")
+from mechprobe.stats.threads import one_thread
 
 __all__ = [
     "C_GRID",
@@ -343,47 +338,8 @@ def nested_probes(
         if kk not in seen:
             seen.add(kk)
             kinds.append((f"k{k}", kk))
-    with _one_thread():
+    with one_thread():
         return _nested(xv, ys, names, fold, sets, masks, grid, inner, kinds, rule, tol)
-
-
-def map_one_thread(fn: Callable[[T], R], items: Sequence[T], workers: int | None = None) -> list[R]:
-    """``[fn(item) for item in items]``, each call on one thread, spread over a thread pool.
-
-    The probe fits are many small products that run fastest on one thread each (`_one_thread`),
-    so independent fits (layers, families) go to ``workers`` Python threads at once: torch and
-    BLAS release the GIL, and the results equal the serial loop's exactly (each fit is the same
-    one-thread computation). The process's thread settings are set once around the pool and
-    restored after it. ``workers``: default torch's thread count (the cores it would use).
-
-    Example:
-        >>> map_one_thread(lambda v: v * v, [1, 2, 3])
-        [1, 4, 9]
-    """
-    n = max(1, min(len(items), workers if workers is not None else torch.get_num_threads()))
-    with _one_thread():
-        if n == 1:
-            return [fn(item) for item in items]
-        with ThreadPoolExecutor(max_workers=n) as pool:
-            return list(pool.map(fn, items))
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Torch and BLAS on one thread: the fits are many small products, which threads slow down.
-
-    Measured on the shared 2-core machine under load: 0.56 ms per solver step on one thread,
-    25 ms on two (threads spinning against each other and the other processes).
-    """
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _nested(
@@ -491,8 +447,10 @@ def _fit_decisions(
         f = f_all
     else:
         assert units is not None
-        sub = xt[:, torch.from_numpy(units[set_idx])].permute(1, 0, 2)  # [batch, n, k]
-        f = _orthogonal(sub)
+        # problems on the same training set share their units: orthogonalise each set once
+        uniq, inverse = np.unique(set_idx, return_inverse=True)
+        sub = xt[:, torch.from_numpy(units[uniq])].permute(1, 0, 2)  # [sets, n, k]
+        f = _orthogonal(sub)[torch.from_numpy(inverse.reshape(-1))]  # [batch, n, k]
     # C in units of 1 / mean |x_i|^2 over the training rows (|f_i| = |x_i|: F F^T = X X^T)
     norm2 = (f * f).sum(-1)  # [n] or [batch, n]
     mean2 = (m * norm2).sum(1) / m.sum(1)
@@ -534,7 +492,7 @@ def split_probe(
         if k is None
         else select_units(xv[tr], yv[tr], min(k, xv.shape[1]), rule)
     )
-    with _one_thread():
+    with one_thread():
         f = _orthogonal(torch.from_numpy(np.ascontiguousarray(xv[:, units])))
         z, a, _ = fit_l2_logistic(
             f,

@@ -1,7 +1,9 @@
 """Probe statistics of every layer at once: held-out scores and Firth fits, ``[layer, units]``.
 
-Thin loops over layers around `mechprobe.stats.heldout.heldout_eval` and
-`mechprobe.stats.firth.fit_firth`, with a progress bar; the unit-level work is vectorised there.
+Thin loops over layers around `mechprobe.stats.heldout.heldout_eval` (on a pool of one-thread
+workers, `mechprobe.stats.threads.map_one_thread`: a layer's fits are too small to gain from
+threads of their own) and `mechprobe.stats.firth.fit_firth`, with a progress bar; the unit-level
+work is vectorised there.
 
 Example:
     >>> y = np.array([0, 1] * 30)
@@ -20,6 +22,7 @@ from tqdm.auto import tqdm
 
 from mechprobe.stats.firth import fit_firth
 from mechprobe.stats.heldout import heldout_eval
+from mechprobe.stats.threads import map_one_thread
 
 
 def heldout_layers(
@@ -48,8 +51,12 @@ def heldout_layers(
     best_unit = np.zeros((n_layers, n_folds), dtype=np.int64)
     best_correct = np.zeros((n_layers, x.shape[0]), dtype=bool)
     show = progress if progress is not None else n_layers > 1
-    for i in tqdm(range(n_layers), desc=desc, disable=not show, unit="layer"):
-        res = heldout_eval(x[:, i, :], labels, folds)
+    # the layers are independent: one-thread workers, the serial loop's numbers exactly
+    results = map_one_thread(
+        lambda i: heldout_eval(x[:, i, :], labels, folds), range(n_layers), desc=desc,
+        progress=show,
+    )  # fmt: skip
+    for i, res in enumerate(results):
         acc[i], auc[i] = res.accuracy, res.auc
         assert res.best_unit is not None and res.best_correct is not None
         best_unit[i], best_correct[i] = res.best_unit, res.best_correct
