@@ -199,8 +199,8 @@ def _bootstrapped(
 
     The resamples of a layer are computed beside the stream, on a pool of one-BLAS-thread
     workers (the numbers of the serial loop exactly: each layer is the same one-thread
-    computation); ``out`` gets them in layer order when the stream ends. At most two layers per
-    worker wait, so the stream's memory stays bounded.
+    computation); ``out`` gets them in layer order. At most two layers per worker wait, so the
+    stream's memory stays bounded.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -210,18 +210,15 @@ def _bootstrapped(
     from mechprobe.stats.cosine_bootstrap import resampled_mean_abs_cos
 
     workers = max(1, torch.get_num_threads())
-    done: list[np.ndarray] = []
-    with threadpool_limits(limits=1, user_api="blas"):
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            waiting: list[Any] = []
-            for xs in stream:
-                job = pool.submit(resampled_mean_abs_cos, xs[0], slices, rows, blas_threads=None)
-                waiting.append(job)
-                if len(waiting) > 2 * workers:
-                    done.append(waiting.pop(0).result())
-                yield xs
-            done.extend(job.result() for job in waiting)
-    out.extend(done)
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        waiting: list[Any] = []
+        for xs in stream:
+            job = pool.submit(resampled_mean_abs_cos, xs[0], slices, rows, blas_threads=None)
+            waiting.append(job)
+            if len(waiting) > 2 * workers:
+                out.append(waiting.pop(0).result())
+            yield xs
+        out.extend(job.result() for job in waiting)
 
 
 def run(

@@ -331,12 +331,12 @@ def _run_one(
     loaded: tuple[Any, Any, Any],
     req: dict[str, Any],
     request: RunRequest,
-    writer: StepWriter | None = None,
+    writer: StepWriter,
 ) -> StepOutcome:
     """Run one step through `mechprobe.experiments.execute` (the library's path), write it.
 
-    With ``writer`` the step is written in the background (`StepWriter`); the outcome's
-    manifest then lacks the files' digests until the caller reads it back.
+    The step is written in the background by ``writer`` (`StepWriter`); the outcome's manifest
+    lacks the files' digests until the caller reads it back.
     """
     from mechprobe.faults import failpoint
     from mechprobe.plots import captions_of, figures_of
@@ -346,12 +346,10 @@ def _run_one(
     model, reference, data = loaded
     run = execute(step.spec, config, model, reference, data)
     figures = figures_of(run.result)
-    own = writer if writer is not None else StepWriter()
-    own.wait()  # the step before is on disk before this one counts as computed
+    writer.wait()  # the step before is on disk before this one counts as computed
     failpoint(f"{step.spec.name}:computed")
     manifest = step_manifest(run, req, request.command)
-    path = out / step.spec.name
-    own.start(
+    writer.start(
         lambda: write_step(
             out,
             step.spec,
@@ -362,12 +360,7 @@ def _run_one(
             captions=captions_of(run.result),
         )
     )
-    if writer is None:
-        own.wait()
-        from mechprobe.runner.manifest import read_manifest
-
-        manifest = read_manifest(path) or manifest
-    return StepOutcome(path, False, "ran", run.result, manifest)
+    return StepOutcome(out / step.spec.name, False, "ran", run.result, manifest)
 
 
 class StepWriter:

@@ -1,4 +1,4 @@
-"""Independent fits on a pool of one-thread workers: the statistics' only source of parallelism.
+"""Independent fits on a pool of one-thread workers.
 
 The probe fits are many small products (a few hundred samples), which run fastest on one
 thread each: with torch's or BLAS's own threads they spin against each other on a busy
